@@ -1,0 +1,246 @@
+//! The MCP bridge: an rmcp client talking to the MCP server inside a session's sandbox over
+//! the container's stdio, through the Docker attach API (the sandbox has no network).
+//!
+//! - attach with stdin, stdout and stderr, `stream` on and `logs` off, so output written
+//!   before we attached is never replayed into the protocol stream;
+//! - stdout frames feed the JSON-RPC reader through an in-memory pipe; stderr frames go to
+//!   the log (target `sandbox`);
+//! - the container was created with `OpenStdin` and without `StdinOnce`, so detaching leaves
+//!   its stdin open and the server waits for the next client's `initialize`;
+//! - one live connection per running session, keyed by container id: a replaced container or
+//!   a dead transport gets a fresh connection on next use.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::query_parameters::AttachContainerOptions;
+use futures::StreamExt;
+use rmcp::ServiceExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
+};
+use rmcp::service::{RoleClient, RunningService};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use crate::runtime::Runtime;
+
+/// Bridge failures.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// Attaching to the container failed (it is gone or not running).
+    #[error("cannot attach to the sandbox {container}: {source}")]
+    Attach {
+        /// Container id.
+        container: String,
+        /// The Docker error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The MCP handshake failed.
+    #[error("the sandbox's MCP server did not complete initialize: {0}")]
+    Handshake(String),
+    /// A call took too long.
+    #[error("the sandbox did not answer {what} within {secs}s")]
+    Timeout {
+        /// Which request.
+        what: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// The sandbox went away mid-conversation.
+    #[error("the sandbox is gone (its container stopped or was replaced): {0}")]
+    Gone(String),
+    /// The server answered with a JSON-RPC error.
+    #[error("the MCP server refused {what}: {message}")]
+    Refused {
+        /// Which request.
+        what: String,
+        /// Its error message.
+        message: String,
+    },
+}
+
+type Client = RunningService<RoleClient, ClientConfig>;
+
+/// One live MCP connection to one container.
+pub struct McpConn {
+    container_id: String,
+    client: Client,
+    pump: tokio::task::JoinHandle<()>,
+    timeout: Duration,
+}
+
+impl Drop for McpConn {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+fn classify(what: &str, e: rmcp::ServiceError) -> McpError {
+    match e {
+        rmcp::ServiceError::McpError(data) => McpError::Refused {
+            what: what.to_string(),
+            message: data.message.to_string(),
+        },
+        other => McpError::Gone(other.to_string()),
+    }
+}
+
+impl McpConn {
+    /// The container this connection talks to.
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// Is the transport still open?
+    pub fn is_alive(&self) -> bool {
+        !self.client.is_closed() && !self.pump.is_finished()
+    }
+
+    /// Every tool the server offers.
+    pub async fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
+        match tokio::time::timeout(self.timeout, self.client.list_all_tools()).await {
+            Err(_) => Err(McpError::Timeout {
+                what: "tools/list".into(),
+                secs: self.timeout.as_secs(),
+            }),
+            Ok(r) => r.map_err(|e| classify("tools/list", e)),
+        }
+    }
+
+    /// Call one tool.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<CallToolResult, McpError> {
+        let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
+        let what = format!("tools/call {name}");
+        match tokio::time::timeout(self.timeout, self.client.call_tool(params)).await {
+            Err(_) => Err(McpError::Timeout {
+                what,
+                secs: self.timeout.as_secs(),
+            }),
+            Ok(r) => r.map_err(|e| classify(&what, e)),
+        }
+    }
+}
+
+/// Attach to `container_id` and run the MCP handshake.
+pub async fn connect(
+    runtime: &Runtime,
+    container_id: &str,
+    timeout: Duration,
+) -> Result<McpConn, McpError> {
+    let attached = runtime
+        .docker()
+        .attach_container(
+            container_id,
+            Some(AttachContainerOptions {
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|source| McpError::Attach {
+            container: container_id.to_string(),
+            source,
+        })?;
+    let mut output = attached.output;
+    let (reader, mut feed) = tokio::io::duplex(256 * 1024);
+    let short = container_id[..container_id.len().min(12)].to_string();
+    let pump = tokio::spawn(async move {
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    if feed.write_all(&message).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(LogOutput::StdErr { message }) => {
+                    let text = String::from_utf8_lossy(&message);
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        debug!(target: "sandbox", container = %short, "{line}");
+                    }
+                }
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) => {
+                    debug!(container = %short, error = %e, "attach stream ended");
+                    break;
+                }
+            }
+        }
+        // Dropping `feed` gives the client EOF: the transport closes.
+    });
+    let config = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mcp-orchestrator", env!("CARGO_PKG_VERSION")),
+    );
+    let client = match tokio::time::timeout(timeout, config.serve((reader, attached.input))).await {
+        Err(_) => {
+            pump.abort();
+            return Err(McpError::Timeout {
+                what: "initialize".into(),
+                secs: timeout.as_secs(),
+            });
+        }
+        Ok(Err(e)) => {
+            pump.abort();
+            return Err(McpError::Handshake(e.to_string()));
+        }
+        Ok(Ok(c)) => c,
+    };
+    info!(container_id = %container_id, "MCP session attached");
+    Ok(McpConn {
+        container_id: container_id.to_string(),
+        client,
+        pump,
+        timeout,
+    })
+}
+
+/// One live connection per running session.
+pub struct McpPool {
+    runtime: Runtime,
+    timeout: Duration,
+    conns: Mutex<HashMap<String, Arc<McpConn>>>,
+}
+
+impl McpPool {
+    /// A pool attaching through `runtime`, timing out calls after `timeout`.
+    pub fn new(runtime: Runtime, timeout: Duration) -> McpPool {
+        McpPool {
+            runtime,
+            timeout,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The live connection to `session`'s `container_id`, attaching when there is none, when
+    /// the container changed, or when the old transport died.
+    pub async fn get(&self, session: &str, container_id: &str) -> Result<Arc<McpConn>, McpError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(session) {
+            if c.container_id == container_id && c.is_alive() {
+                return Ok(c.clone());
+            }
+            conns.remove(session);
+        }
+        let conn = Arc::new(connect(&self.runtime, container_id, self.timeout).await?);
+        conns.insert(session.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Drop the connection of `session` (after an error, or when it is deleted).
+    pub async fn forget(&self, session: &str) {
+        self.conns.lock().await.remove(session);
+    }
+}

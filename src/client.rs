@@ -1,0 +1,503 @@
+//! A client of the HTTP API (reqwest), and [`Backend`]: the CLI's view of desired state,
+//! either Redis directly or a remote `serve` over HTTP (`--server`/`ORCHESTRATOR_URL`).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::contract::Policy;
+use crate::ops::{self, Applied, OpsError, PatchRequest, PatchType};
+use crate::resource::Session;
+use crate::store::{EventType, SessionEvent, Store, StoreError, Watch, WatchEvent};
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached.
+    #[error("cannot reach the API at {url}: {source}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error Status.
+    #[error("{message} (HTTP {code})")]
+    Api {
+        /// HTTP status code.
+        code: u16,
+        /// The Status reason.
+        reason: String,
+        /// The Status message.
+        message: String,
+    },
+    /// A store error (when the backend is Redis).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An operation error (when the backend is Redis).
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from the API: {0}")]
+    Protocol(String),
+}
+
+/// A client of one `serve`.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:3000`), sending `token` as a bearer token.
+    pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<String>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or_default();
+        Err(ClientError::Api {
+            code,
+            reason: v["reason"].as_str().unwrap_or("").to_string(),
+            message: v["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {code}")),
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        resp: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// One session, or `None`.
+    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match self
+            .send(Method::GET, &format!("/api/v1/sessions/{name}"), None, None)
+            .await
+        {
+            Ok(r) => Ok(Some(Self::json(r).await?)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every session and the list's revision.
+    pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
+        let r = self
+            .send(Method::GET, "/api/v1/sessions", None, None)
+            .await?;
+        let v: Value = Self::json(r).await?;
+        let rv = v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let items = serde_json::from_value(v["items"].clone())
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((items, rv))
+    }
+
+    /// Create or replace (PUT), reporting what happened.
+    pub async fn apply(
+        &self,
+        s: &Session,
+        dry_run: bool,
+    ) -> Result<(Applied, Session), ClientError> {
+        let q = if dry_run { "?dryRun=All" } else { "" };
+        let body = serde_json::to_string(s).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let r = self
+            .send(
+                Method::PUT,
+                &format!("/api/v1/sessions/{}{q}", s.name()),
+                Some("application/json"),
+                Some(body),
+            )
+            .await?;
+        let what = match r
+            .headers()
+            .get("x-apply-result")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("created") => Applied::Created,
+            Some("unchanged") => Applied::Unchanged,
+            _ => Applied::Configured,
+        };
+        Ok((what, Self::json(r).await?))
+    }
+
+    /// Patch.
+    pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<Session, ClientError> {
+        let ct = match req.kind {
+            PatchType::Merge => "application/merge-patch+json",
+            PatchType::Json => "application/json-patch+json",
+        };
+        let q = if req.dry_run { "?dryRun=All" } else { "" };
+        let r = self
+            .send(
+                Method::PATCH,
+                &format!("/api/v1/sessions/{}{q}", req.name),
+                Some(ct),
+                Some(req.doc.to_string()),
+            )
+            .await?;
+        Self::json(r).await
+    }
+
+    /// Delete; `None` when it did not exist.
+    pub async fn delete(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match self
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/sessions/{name}"),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(Self::json(r).await?)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The session's events.
+    pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
+        let r = self
+            .send(
+                Method::GET,
+                &format!("/api/v1/sessions/{name}/events"),
+                None,
+                None,
+            )
+            .await?;
+        let v: Value = Self::json(r).await?;
+        serde_json::from_value(v["items"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The container summary, `None` when there is none.
+    pub async fn container(&self, name: &str) -> Result<Option<Value>, ClientError> {
+        match self
+            .send(
+                Method::GET,
+                &format!("/api/v1/sessions/{name}/container"),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(Self::json(r).await?)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send a chat message; the answer's events stream back.
+    pub async fn chat(&self, name: &str, message: &str) -> Result<ChatStream, ClientError> {
+        let body = serde_json::json!({ "message": message }).to_string();
+        let r = self
+            .send(
+                Method::POST,
+                &format!("/api/v1/sessions/{name}/chat"),
+                Some("application/json"),
+                Some(body),
+            )
+            .await?;
+        Ok(ChatStream {
+            stream: r.bytes_stream().boxed(),
+            buf: String::new(),
+        })
+    }
+
+    /// Watch every session after `revision`, over SSE.
+    pub async fn watch(&self, revision: u64) -> Result<HttpWatch, ClientError> {
+        let r = self
+            .send(
+                Method::GET,
+                &format!("/api/v1/sessions?watch=true&resourceVersion={revision}"),
+                None,
+                None,
+            )
+            .await?;
+        Ok(HttpWatch {
+            stream: r.bytes_stream().boxed(),
+            buf: String::new(),
+        })
+    }
+}
+
+/// An SSE watch on the API.
+pub struct HttpWatch {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl HttpWatch {
+    fn take_events(&mut self) -> Result<Vec<WatchEvent>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..i + 2).collect();
+            let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().into();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            let kind = match ev.as_str() {
+                "ADDED" => EventType::Added,
+                "MODIFIED" => EventType::Modified,
+                "DELETED" => EventType::Deleted,
+                "ERROR" => {
+                    let v: Value = serde_json::from_str(&data).unwrap_or_default();
+                    return Err(ClientError::Api {
+                        code: v["code"].as_u64().unwrap_or(500) as u16,
+                        reason: "WatchError".into(),
+                        message: v["message"].as_str().unwrap_or("watch failed").into(),
+                    });
+                }
+                _ => continue,
+            };
+            let object: Session = serde_json::from_str(&data)
+                .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))?;
+            out.push(WatchEvent {
+                revision: id.parse().unwrap_or(0),
+                kind,
+                name: object.metadata.name.clone(),
+                status_only: false,
+                object: Some(object),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Wait up to `block` for events.
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let out = self.take_events()?;
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Ok(Vec::new()),
+                Ok(None) => {
+                    return Err(ClientError::Protocol("the watch stream ended".into()));
+                }
+                Ok(Some(Err(e))) => return Err(ClientError::Protocol(e.to_string())),
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+            }
+        }
+    }
+}
+
+/// The events of one chat turn (`text`, `tool_call`, `tool_result`, `done`, `error`), each
+/// a JSON object with a `type` field.
+pub struct ChatStream {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl ChatStream {
+    /// The next event, `None` when the stream ended.
+    pub async fn next_event(&mut self) -> Result<Option<Value>, ClientError> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return serde_json::from_str(&data)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(format!("chat event: {e}")));
+            }
+            match self.stream.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+            }
+        }
+    }
+}
+
+/// Where the CLI reads and writes desired state.
+// One value per CLI invocation: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    /// Redis directly, with this contract policy for admission.
+    Store(Store, Policy),
+    /// A remote `serve`.
+    Http(ApiClient),
+}
+
+/// A watch on either backend.
+pub enum AnyWatch {
+    /// The Redis stream.
+    Store(Watch),
+    /// The API's SSE.
+    Http(HttpWatch),
+}
+
+impl AnyWatch {
+    /// Wait up to `block` for events.
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        match self {
+            AnyWatch::Store(w) => Ok(w.next_batch(block).await?),
+            AnyWatch::Http(w) => w.next_batch(block).await,
+        }
+    }
+}
+
+impl Backend {
+    /// One session, or `None`.
+    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match self {
+            Backend::Store(s, _) => Ok(s.get(name).await?),
+            Backend::Http(c) => c.get(name).await,
+        }
+    }
+
+    /// Every session and the list's revision.
+    pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
+        match self {
+            Backend::Store(s, _) => {
+                let snap = s.list().await?;
+                Ok((snap.sessions, snap.revision))
+            }
+            Backend::Http(c) => c.list().await,
+        }
+    }
+
+    /// Create or update, as the CLI.
+    pub async fn apply(
+        &self,
+        s: &Session,
+        dry_run: bool,
+    ) -> Result<(Applied, Session), ClientError> {
+        match self {
+            Backend::Store(store, policy) => {
+                Ok(ops::apply(store, policy, s, "cli", dry_run).await?)
+            }
+            Backend::Http(c) => c.apply(s, dry_run).await,
+        }
+    }
+
+    /// Patch, as the CLI.
+    pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<(Applied, Session), ClientError> {
+        match self {
+            Backend::Store(store, policy) => Ok(ops::patch(store, policy, "cli", req).await?),
+            Backend::Http(c) => {
+                let before = c.get(req.name).await?;
+                let after = c.patch(req).await?;
+                let same = before.is_some_and(|b| {
+                    b.metadata.resource_version == after.metadata.resource_version
+                });
+                Ok((
+                    if same {
+                        Applied::Unchanged
+                    } else {
+                        Applied::Configured
+                    },
+                    after,
+                ))
+            }
+        }
+    }
+
+    /// Delete, as the CLI; `None` when it did not exist.
+    pub async fn delete(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match self {
+            Backend::Store(store, _) => match ops::delete(store, name, None, "cli").await {
+                Ok(s) => Ok(Some(s)),
+                Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Backend::Http(c) => c.delete(name).await,
+        }
+    }
+
+    /// The session's recent events.
+    pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
+        match self {
+            Backend::Store(s, _) => Ok(s.events(name).await?),
+            Backend::Http(c) => c.events(name).await,
+        }
+    }
+
+    /// Watch every session after `revision`.
+    pub async fn watch(&self, revision: u64) -> Result<AnyWatch, ClientError> {
+        match self {
+            Backend::Store(s, _) => Ok(AnyWatch::Store(s.watch(revision).await?)),
+            Backend::Http(c) => Ok(AnyWatch::Http(c.watch(revision).await?)),
+        }
+    }
+
+    /// True for a remote backend.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Backend::Http(_))
+    }
+}
+
+impl ClientError {
+    /// Is this "the server says the write conflicts"?
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            ClientError::Api { code, .. } => *code == StatusCode::CONFLICT.as_u16(),
+            ClientError::Store(StoreError::Conflict { .. }) => true,
+            ClientError::Ops(OpsError::Store(StoreError::Conflict { .. })) => true,
+            _ => false,
+        }
+    }
+}

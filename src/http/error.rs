@@ -1,0 +1,155 @@
+//! API errors: every failure is a JSON body `{kind, apiVersion, status, code, reason, message,
+//! details}` shaped like a Kubernetes Status, with a fitting 4xx/5xx code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::admission::AdmissionError;
+use crate::ops::OpsError;
+use crate::parse::ParseError;
+use crate::store::StoreError;
+
+/// The error body.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// Always `Status`.
+    pub kind: &'static str,
+    /// Always `v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
+    /// Always `Failure`.
+    pub status: &'static str,
+    /// The HTTP status code.
+    pub code: u16,
+    /// Machine-readable reason, e.g. `Conflict`, `Invalid`, `NotFound`.
+    pub reason: String,
+    /// One-line human-readable message.
+    pub message: String,
+    /// Structured detail: `causes` with field paths, the current `resourceVersion`, ...
+    #[schema(value_type = Object)]
+    pub details: Value,
+}
+
+/// An API failure.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: String,
+    message: String,
+    details: Value,
+}
+
+impl ApiError {
+    /// A failure with this code, reason and message, no details.
+    pub fn new(code: StatusCode, reason: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
+    /// Attach details.
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+
+    /// The status code.
+    pub fn code(&self) -> StatusCode {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Status {
+            kind: "Status",
+            api_version: "v1",
+            status: "Failure",
+            code: self.code.as_u16(),
+            reason: self.reason,
+            message: self.message,
+            details: self.details,
+        };
+        (self.code, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound(name) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", msg)
+                .with_details(json!({"name": name})),
+            StoreError::AlreadyExists(name) => {
+                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg)
+                    .with_details(json!({"name": name}))
+            }
+            StoreError::Conflict { name, current, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", msg)
+                    .with_details(json!({"name": name, "resourceVersion": current}))
+            }
+            StoreError::Gone(rv) => ApiError::new(StatusCode::GONE, "Expired", msg)
+                .with_details(json!({"resourceVersion": rv.to_string()})),
+            StoreError::Redis(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", msg)
+            }
+            StoreError::Corrupt { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
+            }
+        }
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        let causes: Vec<Value> = e
+            .violations()
+            .iter()
+            .map(|v| json!({"field": v.path, "reason": v.reason, "message": v.message}))
+            .collect();
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+            .with_details(json!({ "causes": causes }))
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        let msg = e.to_string();
+        let field = match &e {
+            ParseError::Invalid { location, .. } => {
+                location.split(": ").nth(2).unwrap_or_default().to_string()
+            }
+            ParseError::Read { .. } => String::new(),
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg)
+            .with_details(json!({"causes": [{"field": field, "reason": "Invalid"}]}))
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        let msg = e.to_string();
+        match e {
+            OpsError::Invalid(a) => a.into(),
+            OpsError::Parse(p) => p.into(),
+            OpsError::Store(s) => s.into(),
+            OpsError::Patch(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "BadPatch", msg),
+            OpsError::TestFailed(_) => ApiError::new(StatusCode::CONFLICT, "TestFailed", msg),
+            OpsError::Immutable(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "FieldImmutable", msg)
+            }
+            OpsError::Owned {
+                name,
+                owner,
+                writer,
+            } => ApiError::new(StatusCode::CONFLICT, "OwnedByAnotherSource", msg)
+                .with_details(json!({"name": name, "owner": owner, "writer": writer})),
+        }
+    }
+}

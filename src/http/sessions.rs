@@ -1,0 +1,609 @@
+//! `/api/v1/sessions` handlers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, AppState, Status};
+use crate::ops::{self, Applied, PatchRequest, PatchType};
+use crate::parse;
+use crate::resource::{API_VERSION, Phase, Session, SessionStatus};
+use crate::selector::Selector;
+use crate::store::{EventType, StoreError};
+
+const SOURCE: &str = "api";
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/sessions", get(list).post(create))
+        .route(
+            "/api/v1/sessions/{name}",
+            get(read).put(replace).patch(patch).delete(remove),
+        )
+        .route("/api/v1/sessions/{name}/status", get(status))
+        .route("/api/v1/sessions/{name}/events", get(events))
+        .route("/api/v1/sessions/{name}/container", get(container))
+}
+
+/// A list of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// `orchestrator.mcp.dev/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `SessionList`.
+    pub kind: String,
+    /// `resourceVersion`: the store revision of the list; watch from it.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// The sessions.
+    pub items: Vec<Session>,
+}
+
+/// Query of list and read.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadQuery {
+    /// Stream changes as Server-Sent Events (ADDED, MODIFIED, DELETED).
+    pub watch: Option<bool>,
+    /// Only sessions whose labels match, e.g. `team=research,tier in (gold)`.
+    pub label_selector: Option<String>,
+    /// With `watch`: resume after this resourceVersion instead of listing first.
+    pub resource_version: Option<String>,
+}
+
+/// Query of writes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteQuery {
+    /// `Running`: answer once the session's sandbox runs (or it failed for good).
+    pub wait: Option<String>,
+    /// How long `wait` waits, e.g. `30s` (default 60s).
+    pub timeout: Option<String>,
+    /// `All`: validate and report, write nothing.
+    pub dry_run: Option<String>,
+}
+
+fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()))
+}
+
+pub(super) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                format!("the body exceeds {} bytes", super::MAX_BODY),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text())
+        }
+    })
+}
+
+pub(super) fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+pub(super) fn unsupported(got: &str, want: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedMediaType",
+        format!("content type {got:?} is not supported here; use {want}"),
+    )
+}
+
+/// Parse a POST/PUT body (JSON or YAML) holding exactly one Session.
+fn session_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Session, ApiError> {
+    let ct = content_type(headers);
+    if !matches!(
+        ct.as_str(),
+        "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml"
+    ) {
+        return Err(unsupported(&ct, "application/json or application/yaml"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not UTF-8",
+        )
+    })?;
+    let mut docs = parse::parse_str("body", text)?;
+    if docs.len() != 1 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("body: expected one Session, got {}", docs.len()),
+        ));
+    }
+    Ok(docs.remove(0).session)
+}
+
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::IF_MATCH)?.to_str().ok()?.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    Some(v.trim_matches('"').to_string())
+}
+
+fn selector(q: &ReadQuery) -> Result<Selector, ApiError> {
+    Selector::parse(q.label_selector.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))
+}
+
+fn with_rv(mut r: Response, s: &Session) -> Response {
+    if let Some(rv) = &s.metadata.resource_version
+        && let Ok(v) = header::HeaderValue::from_str(&format!("\"{rv}\""))
+    {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// List sessions, or watch them with `?watch=true`.
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(ReadQuery),
+    responses(
+        (status = 200, description = "The sessions, or an SSE stream with watch=true", body = SessionList),
+        (status = 400, description = "Bad selector", body = Status),
+        (status = 401, description = "Missing or wrong token", body = Status)))]
+pub(super) async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let sel = selector(&q)?;
+    if q.watch.unwrap_or(false) {
+        return watch(st, None, sel, resume_from(&q, &headers)?).await;
+    }
+    let snap = st.inner.store.list().await?;
+    let items = snap
+        .sessions
+        .into_iter()
+        .filter(|s| sel.matches(&s.metadata.labels))
+        .collect();
+    Ok(Json(SessionList {
+        api_version: API_VERSION.into(),
+        kind: "SessionList".into(),
+        metadata: json!({"resourceVersion": snap.revision.to_string()}),
+        items,
+    })
+    .into_response())
+}
+
+fn resume_from(q: &ReadQuery, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let raw = q.resource_version.clone().or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    match raw.as_deref() {
+        None | Some("") | Some("0") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("resourceVersion {v:?} is not a number"),
+            )
+        }),
+    }
+}
+
+fn sse_event(kind: EventType, rv: u64, obj: &Session) -> Event {
+    let kind = match kind {
+        EventType::Added => "ADDED",
+        EventType::Modified => "MODIFIED",
+        EventType::Deleted => "DELETED",
+    };
+    Event::default()
+        .event(kind)
+        .id(rv.to_string())
+        .data(serde_json::to_string(obj).unwrap_or_default())
+}
+
+/// Stream changes as SSE. Without a resume point the current objects come first as ADDED.
+async fn watch(
+    st: AppState,
+    name: Option<String>,
+    sel: Selector,
+    from: Option<u64>,
+) -> Result<Response, ApiError> {
+    let store = st.inner.store.clone();
+    let (initial, start) = match from {
+        Some(rv) => (Vec::new(), rv),
+        None => {
+            let snap = store.list().await?;
+            (snap.sessions, snap.revision)
+        }
+    };
+    let mut watch = store.watch(start).await?;
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
+    let shutdown = st.inner.shutdown.clone();
+    let wanted = move |n: &str, s: &Session| {
+        name.as_deref().is_none_or(|x| x == n) && sel.matches(&s.metadata.labels)
+    };
+    tokio::spawn(async move {
+        for s in &initial {
+            let rv = s
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if wanted(s.name(), s)
+                && tx
+                    .send(Ok(sse_event(EventType::Added, rv, s)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                b = watch.next_batch(Duration::from_secs(5)) => b,
+            };
+            match batch {
+                Ok(events) => {
+                    for ev in events {
+                        let Some(obj) = &ev.object else { continue };
+                        if wanted(&ev.name, obj)
+                            && tx
+                                .send(Ok(sse_event(ev.kind, ev.revision, obj)))
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let code = if matches!(e, StoreError::Gone(_)) {
+                        410
+                    } else {
+                        503
+                    };
+                    let body = json!({"kind": "Status", "status": "Failure", "code": code, "message": e.to_string(), "details": {}});
+                    let _ = tx
+                        .send(Ok(Event::default().event("ERROR").data(body.to_string())))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// Create a session. `?wait=Running` answers once its sandbox runs.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", params(WriteQuery),
+    request_body(content = Session, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = Session),
+        (status = 409, description = "A session with this name exists", body = Status),
+        (status = 413, description = "Body over 1 MiB", body = Status),
+        (status = 415, description = "Not JSON or YAML", body = Status),
+        (status = 422, description = "Invalid spec or contract breach, with field paths", body = Status),
+        (status = 504, description = "wait timed out", body = Status)))]
+pub(super) async fn create(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let bytes = body(b)?;
+    let desired = session_body(&headers, &bytes)?;
+    let dry_run = q.dry_run.is_some();
+    let created = ops::create(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
+    let created = maybe_wait(&st, &q, created, dry_run).await?;
+    Ok(with_rv(
+        (StatusCode::CREATED, Json(&created)).into_response(),
+        &created,
+    ))
+}
+
+/// Read one session, or watch it with `?watch=true`.
+#[utoipa::path(get, path = "/api/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name"), ReadQuery),
+    responses((status = 200, description = "The session", body = Session), (status = 404, description = "No such session", body = Status)))]
+pub(super) async fn read(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    if q.watch.unwrap_or(false) {
+        let sel = selector(&q)?;
+        return watch(st, Some(name), sel, resume_from(&q, &headers)?).await;
+    }
+    let s = get_session(&st, &name).await?;
+    Ok(with_rv(Json(&s).into_response(), &s))
+}
+
+async fn get_session(st: &AppState, name: &str) -> Result<Session, ApiError> {
+    st.inner
+        .store
+        .get(name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(name.to_string()).into())
+}
+
+/// Create or replace a session (idempotent acquire). Precondition: `metadata.resourceVersion`
+/// in the body or `If-Match`.
+#[utoipa::path(put, path = "/api/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name"), WriteQuery),
+    request_body(content = Session, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced (or unchanged); header X-Apply-Result", body = Session),
+        (status = 201, description = "Created", body = Session),
+        (status = 409, description = "Stale resourceVersion (details.resourceVersion is the current one) or owned by a specs file", body = Status),
+        (status = 422, description = "Invalid spec or contract breach", body = Status)))]
+pub(super) async fn replace(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let bytes = body(b)?;
+    let mut desired = session_body(&headers, &bytes)?;
+    if desired.metadata.name != name {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!(
+                "metadata.name: {:?} does not match the URL's {name:?}",
+                desired.metadata.name
+            ),
+        )
+        .with_details(json!({"causes": [{"field": "metadata.name", "reason": "Invalid"}]})));
+    }
+    if let Some(rv) = if_match(&headers) {
+        desired.metadata.resource_version = Some(rv);
+    }
+    let dry_run = q.dry_run.is_some();
+    let (what, s) =
+        ops::apply(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
+    let s = maybe_wait(&st, &q, s, dry_run).await?;
+    let code = if what == Applied::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut r = with_rv((code, Json(&s)).into_response(), &s);
+    r.headers_mut().insert(
+        "x-apply-result",
+        header::HeaderValue::from_static(match what {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        }),
+    );
+    Ok(r)
+}
+
+/// Patch a session: `application/merge-patch+json` (RFC 7386) or
+/// `application/json-patch+json` (RFC 6902, including `test`).
+#[utoipa::path(patch, path = "/api/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name"), WriteQuery),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Patched", body = Session),
+        (status = 404, description = "No such session", body = Status),
+        (status = 409, description = "Stale resourceVersion, failed test op, or owned by a specs file", body = Status),
+        (status = 415, description = "Not a patch content type", body = Status),
+        (status = 422, description = "The result is invalid or breaks the contract", body = Status)))]
+pub(super) async fn patch(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let bytes = body(b)?;
+    let ct = content_type(&headers);
+    let kind = match ct.as_str() {
+        "application/merge-patch+json" => PatchType::Merge,
+        "application/json-patch+json" => PatchType::Json,
+        _ => {
+            return Err(unsupported(
+                &ct,
+                "application/merge-patch+json or application/json-patch+json",
+            ));
+        }
+    };
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("the patch is not JSON: {e}"),
+        )
+    })?;
+    let precondition = if_match(&headers);
+    let dry_run = q.dry_run.is_some();
+    let req = PatchRequest {
+        name: &name,
+        kind,
+        doc: &doc,
+        precondition: precondition.as_deref(),
+        dry_run,
+    };
+    let (_, s) = ops::patch(&st.inner.store, &st.inner.policy, SOURCE, &req).await?;
+    let s = maybe_wait(&st, &q, s, dry_run).await?;
+    Ok(with_rv(Json(&s).into_response(), &s))
+}
+
+/// Delete a session (its sandbox goes with it). Precondition: `If-Match`.
+#[utoipa::path(delete, path = "/api/v1/sessions/{name}", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 200, description = "Deleted; the last state", body = Session),
+        (status = 404, description = "No such session", body = Status),
+        (status = 409, description = "Stale resourceVersion or owned by a specs file", body = Status)))]
+pub(super) async fn remove(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rv = if_match(&headers);
+    let s = ops::delete(&st.inner.store, &name, rv.as_deref(), SOURCE).await?;
+    Ok(Json(&s).into_response())
+}
+
+/// The session's status (phase `Pending` before the first reconcile).
+#[utoipa::path(get, path = "/api/v1/sessions/{name}/status", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses((status = 200, description = "Status", body = SessionStatus), (status = 404, description = "No such session", body = Status)))]
+pub(super) async fn status(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = get_session(&st, &name).await?;
+    Ok(Json(s.status.unwrap_or_default()).into_response())
+}
+
+/// The session's recent events, oldest first.
+#[utoipa::path(get, path = "/api/v1/sessions/{name}/events", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses((status = 200, description = "Events"), (status = 404, description = "No such session", body = Status)))]
+pub(super) async fn events(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    get_session(&st, &name).await?;
+    let events = st.inner.store.events(&name).await?;
+    Ok(Json(json!({ "items": events })).into_response())
+}
+
+/// A summary of the session's container as the engine reports it.
+#[utoipa::path(get, path = "/api/v1/sessions/{name}/container", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses((status = 200, description = "Container summary"), (status = 404, description = "No session or no container", body = Status)))]
+pub(super) async fn container(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = get_session(&st, &name).await?;
+    let Some(id) = s.status.and_then(|x| x.container_id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("session {name:?} has no container"),
+        ));
+    };
+    let info = st.inner.runtime.inspect(&id).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DockerUnavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(crate::runtime::summary(&info)).into_response())
+}
+
+fn is_ready(s: &Session) -> bool {
+    s.phase() == Phase::Running
+        && s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
+}
+
+fn is_terminal(s: &Session) -> bool {
+    matches!(s.phase(), Phase::Failed | Phase::Succeeded)
+        && s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
+}
+
+/// With `?wait=Running`, wait (event-driven) until the session runs at its generation or
+/// failed for good; 504 after the timeout.
+async fn maybe_wait(
+    st: &AppState,
+    q: &WriteQuery,
+    s: Session,
+    dry_run: bool,
+) -> Result<Session, ApiError> {
+    let Some(want) = q.wait.as_deref() else {
+        return Ok(s);
+    };
+    if !want.eq_ignore_ascii_case("running") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("wait={want:?}: only wait=Running is supported"),
+        ));
+    }
+    if dry_run {
+        return Ok(s);
+    }
+    let timeout = match q.timeout.as_deref() {
+        None => Duration::from_secs(60),
+        Some(t) => humantime::parse_duration(t).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("timeout={t:?}: {e}"),
+            )
+        })?,
+    };
+    let store = &st.inner.store;
+    let name = s.name().to_string();
+    let revision = store.revision().await?;
+    let mut current = get_session(st, &name).await?;
+    if is_ready(&current) || is_terminal(&current) {
+        return Ok(current);
+    }
+    let mut watch = store.watch(revision).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!(
+                    "session {name:?} is not Running after {} (phase {})",
+                    humantime::format_duration(timeout),
+                    current.phase()
+                ),
+            )
+            .with_details(json!({"name": name, "object": current})));
+        }
+        for ev in watch.next_batch(left.min(Duration::from_secs(5))).await? {
+            if ev.name != name {
+                continue;
+            }
+            match (ev.kind, ev.object) {
+                (EventType::Deleted, _) | (_, None) => {
+                    return Err(StoreError::NotFound(name.clone()).into());
+                }
+                (_, Some(obj)) => current = obj,
+            }
+            if is_ready(&current) || is_terminal(&current) {
+                return Ok(current);
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! # mcp-orchestrator
+//!
+//! A Kubernetes-style declarative reconciler for Docker that runs one sandboxed MCP tool
+//! server per chat session.
+//!
+//! ## Layout
+//! - [`resource`]: the `Session` resource types (pure data, JSON Schema via schemars).
+//! - [`parse`]: files and stdin → sessions, errors naming file, document and field.
+//! - [`contract`]: the sandbox contract — the one place hardening is decided.
+//! - [`admission`]: the one validation path for every write of desired state.
+//! - [`plan`]: the pure planning core, desired + observed → actions.
+//! - [`store`]: Redis — desired state, status, compare-and-swap, change stream.
+//! - [`runtime`]: Docker through bollard — list, create, start, remove, events.
+//! - [`specs`]: the watched specs directory.
+//! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
+//! - [`controller`]: triggers → queue → plan → execute → status.
+//! - [`ops`]: apply, patch and delete through admission and the store.
+//! - [`selector`]: Kubernetes label selectors.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`http`]: the HTTP API and operations endpoints (axum).
+//! - [`client`]: the HTTP API client and the CLI's backend (Redis or HTTP).
+//! - [`chat`]: the Gemini bridge — MCP over docker attach, history, the tool loop.
+//! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
+//! - [`cli`]: the kubectl-style command line.
+
+pub mod admission;
+pub mod chaos;
+pub mod chat;
+pub mod cli;
+pub mod client;
+pub mod contract;
+pub mod controller;
+pub mod http;
+pub mod metrics;
+pub mod ops;
+pub mod parse;
+pub mod plan;
+pub mod queue;
+pub mod resource;
+pub mod runtime;
+pub mod selector;
+pub mod specs;
+pub mod store;

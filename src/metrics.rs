@@ -1,0 +1,112 @@
+//! Prometheus metrics of the controller and the API, in one registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric we export. Cheap to clone (the collectors are shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by result (`success`, `error`).
+    pub reconciles: IntCounterVec,
+    /// Reconcile duration in seconds.
+    pub reconcile_duration: HistogramVec,
+    /// Keys waiting in the work queue (ready plus delayed).
+    pub queue_depth: IntGauge,
+    /// Sessions by phase (refreshed on scrape).
+    pub sessions: IntGaugeVec,
+    /// Sandboxes restarted or replaced after they died.
+    pub restarts: IntCounter,
+    /// Docker API errors.
+    pub docker_errors: IntCounter,
+    /// Redis errors.
+    pub redis_errors: IntCounter,
+    /// HTTP requests by method and status code.
+    pub http_requests: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new("mcpo_reconciles_total", "Reconciles by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mcpo_reconcile_duration_seconds",
+                "Duration of one reconcile.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["result"],
+        )
+        .expect("valid metric");
+        let queue_depth =
+            IntGauge::new("mcpo_queue_depth", "Keys waiting in the work queue.").expect("valid");
+        let sessions =
+            IntGaugeVec::new(Opts::new("mcpo_sessions", "Sessions by phase."), &["phase"])
+                .expect("valid metric");
+        let restarts = IntCounter::new(
+            "mcpo_container_restarts_total",
+            "Sandboxes restarted or replaced after they died.",
+        )
+        .expect("valid");
+        let docker_errors =
+            IntCounter::new("mcpo_docker_errors_total", "Docker API errors.").expect("valid");
+        let redis_errors =
+            IntCounter::new("mcpo_redis_errors_total", "Redis errors.").expect("valid");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "mcpo_http_requests_total",
+                "HTTP requests by method and code.",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_duration.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(sessions.clone()),
+            Box::new(restarts.clone()),
+            Box::new(docker_errors.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(http_requests.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        for r in ["success", "error"] {
+            reconciles.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_duration,
+            queue_depth,
+            sessions,
+            restarts,
+            docker_errors,
+            redis_errors,
+            http_requests,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,376 @@
+//! Desired-state operations shared by every front end (CLI today, HTTP and the specs
+//! directory later): apply, patch, delete. Each runs admission first and writes through the
+//! store's compare-and-swap, so there is one path for validation and the sandbox contract.
+
+use serde_json::Value;
+
+use crate::admission::{self, AdmissionError};
+use crate::contract::Policy;
+use crate::parse::{self, Origin, ParseError};
+use crate::resource::{SOURCE_ANNOTATION, Session};
+use crate::store::{Store, StoreError};
+
+/// Operation failures.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// The session does not pass admission.
+    #[error(transparent)]
+    Invalid(#[from] AdmissionError),
+    /// The patched document does not fit the schema.
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The patch itself is malformed.
+    #[error("patch: {0}")]
+    Patch(String),
+    /// A JSON patch `test` operation failed.
+    #[error("patch: {0}")]
+    TestFailed(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The write would change an immutable field.
+    #[error("{0}")]
+    Immutable(String),
+    /// The session belongs to another source (a specs file vs the API/CLI).
+    #[error("session {name:?} is managed by {owner}; {writer} may not change it")]
+    Owned {
+        /// Session name.
+        name: String,
+        /// Who owns it (`file:<path>`, `api`, `cli`).
+        owner: String,
+        /// Who tried to write.
+        writer: String,
+    },
+}
+
+/// Ownership rule between sources: a specs file owns what it declared, and nobody else may
+/// change it; a file may not take over a session created through the API or CLI. API and
+/// CLI writes are both imperative and may change each other's sessions.
+pub fn check_owner(current: &Session, writer: &str) -> Result<(), OpsError> {
+    let owner = current.source().unwrap_or("cli");
+    let conflict = if writer.starts_with("file:") || owner.starts_with("file:") {
+        owner != writer
+    } else {
+        false
+    };
+    if conflict {
+        Err(OpsError::Owned {
+            name: current.name().to_string(),
+            owner: owner.to_string(),
+            writer: writer.to_string(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The session did not exist.
+    Created,
+    /// The session existed and changed.
+    Configured,
+    /// Nothing changed.
+    Unchanged,
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// Patch flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    /// RFC 7386 JSON merge patch.
+    Merge,
+    /// RFC 6902 JSON patch.
+    Json,
+}
+
+/// The object as `apply` would store it on top of `current`: the user's metadata labels,
+/// annotations and spec; the store's bookkeeping and status.
+pub fn merged(current: Option<&Session>, desired: &Session, source: &str) -> Session {
+    let mut next = desired.clone();
+    next.status = None;
+    match current {
+        Some(cur) => {
+            next.metadata.uid = cur.metadata.uid.clone();
+            next.metadata.generation = cur.metadata.generation;
+            next.metadata.creation_timestamp = cur.metadata.creation_timestamp;
+            next.status = cur.status.clone();
+            if desired.metadata.resource_version.is_none() {
+                next.metadata.resource_version = cur.metadata.resource_version.clone();
+            }
+            // The source is bookkeeping: it cannot be changed by a write.
+            match cur.source() {
+                Some(src) => {
+                    next.metadata
+                        .annotations
+                        .insert(SOURCE_ANNOTATION.to_string(), src.to_string());
+                }
+                None => {
+                    next.metadata.annotations.remove(SOURCE_ANNOTATION);
+                }
+            }
+        }
+        None => {
+            next.metadata.uid = None;
+            next.metadata.generation = None;
+            next.metadata.creation_timestamp = None;
+            next.metadata
+                .annotations
+                .insert(SOURCE_ANNOTATION.to_string(), source.to_string());
+        }
+    }
+    next
+}
+
+/// Create a session that must not exist yet (HTTP POST).
+pub async fn create(
+    store: &Store,
+    policy: &Policy,
+    desired: &Session,
+    source: &str,
+    dry_run: bool,
+) -> Result<Session, OpsError> {
+    admission::validate(desired, policy)?;
+    let next = merged(None, desired, source);
+    if dry_run {
+        if store.get(desired.name()).await?.is_some() {
+            return Err(StoreError::AlreadyExists(desired.name().to_string()).into());
+        }
+        return Ok(next);
+    }
+    Ok(store.create(&next).await?)
+}
+
+/// Create or update one session (already parsed). With `dry_run`, only report what would
+/// happen. Retries a lost race when the caller gave no resourceVersion.
+pub async fn apply(
+    store: &Store,
+    policy: &Policy,
+    desired: &Session,
+    source: &str,
+    dry_run: bool,
+) -> Result<(Applied, Session), OpsError> {
+    admission::validate(desired, policy)?;
+    for _ in 0..5 {
+        let current = store.get(desired.name()).await?;
+        if let Some(cur) = &current {
+            check_owner(cur, source)?;
+        }
+        let next = merged(current.as_ref(), desired, source);
+        let result = match &current {
+            None if dry_run => return Ok((Applied::Created, next)),
+            None => store.create(&next).await.map(|s| (Applied::Created, s)),
+            Some(cur) => {
+                let unchanged = cur.metadata.labels == next.metadata.labels
+                    && cur.metadata.annotations == next.metadata.annotations
+                    && cur.spec == next.spec;
+                if unchanged {
+                    return Ok((Applied::Unchanged, cur.clone()));
+                }
+                if dry_run {
+                    return Ok((Applied::Configured, next));
+                }
+                store.update(&next).await.map(|s| (Applied::Configured, s))
+            }
+        };
+        match result {
+            Err(
+                StoreError::Conflict { .. }
+                | StoreError::AlreadyExists(_)
+                | StoreError::NotFound(_),
+            ) if desired.metadata.resource_version.is_none() => {
+                continue;
+            }
+            other => return Ok(other?),
+        }
+    }
+    Err(OpsError::Store(StoreError::Conflict {
+        name: desired.name().to_string(),
+        expected: "latest".into(),
+        current: "changing too fast".into(),
+    }))
+}
+
+/// A patch request.
+#[derive(Debug, Clone, Copy)]
+pub struct PatchRequest<'a> {
+    /// Session name.
+    pub name: &'a str,
+    /// Patch flavour.
+    pub kind: PatchType,
+    /// The patch document.
+    pub doc: &'a Value,
+    /// Required current resourceVersion (e.g. from `If-Match`).
+    pub precondition: Option<&'a str>,
+    /// Validate and report, write nothing.
+    pub dry_run: bool,
+}
+
+/// Apply a patch to the stored session (status excluded) and write the result. A
+/// precondition, or a `metadata.resourceVersion` the patch sets, must match the stored
+/// version; without either, a lost race is retried against the fresh object.
+pub async fn patch(
+    store: &Store,
+    policy: &Policy,
+    source: &str,
+    req: &PatchRequest<'_>,
+) -> Result<(Applied, Session), OpsError> {
+    let name = req.name;
+    let ops: Option<json_patch::Patch> = match req.kind {
+        PatchType::Json => Some(
+            serde_json::from_value(req.doc.clone())
+                .map_err(|e| OpsError::Patch(format!("not an RFC 6902 JSON patch: {e}")))?,
+        ),
+        PatchType::Merge => {
+            if !req.doc.is_object() {
+                return Err(OpsError::Patch(
+                    "a merge patch must be a JSON object".into(),
+                ));
+            }
+            None
+        }
+    };
+    for _ in 0..5 {
+        let current = store
+            .get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let current_rv = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        if let Some(want) = req.precondition
+            && want != current_rv
+        {
+            return Err(OpsError::Store(StoreError::Conflict {
+                name: name.to_string(),
+                expected: want.to_string(),
+                current: current_rv,
+            }));
+        }
+        check_owner(&current, source)?;
+        let mut doc = current.clone();
+        doc.status = None;
+        let mut value = serde_json::to_value(&doc).map_err(|e| OpsError::Patch(e.to_string()))?;
+        match &ops {
+            Some(p) => json_patch::patch(&mut value, p).map_err(|e| match e.kind {
+                json_patch::PatchErrorKind::TestFailed => OpsError::TestFailed(format!(
+                    "operation {} (test of {}) failed: the value did not match",
+                    e.operation, e.path
+                )),
+                _ => OpsError::Patch(e.to_string()),
+            })?,
+            None => json_patch::merge(&mut value, req.doc),
+        }
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("status");
+        }
+        let origin = Origin {
+            file: "patch".into(),
+            document: 0,
+            prefix: String::new(),
+        };
+        let mut patched = parse::from_value(&origin, value)?;
+        match current.source() {
+            Some(src) => {
+                patched
+                    .metadata
+                    .annotations
+                    .insert(SOURCE_ANNOTATION.to_string(), src.to_string());
+            }
+            None => {
+                patched.metadata.annotations.remove(SOURCE_ANNOTATION);
+            }
+        }
+        if patched.metadata.name != name {
+            return Err(OpsError::Immutable(format!(
+                "metadata.name: cannot change the name of session {name:?}"
+            )));
+        }
+        let explicit_rv = req.precondition.is_some()
+            || patched.metadata.resource_version != current.metadata.resource_version;
+        admission::validate(&patched, policy)?;
+        let unchanged = current.metadata.labels == patched.metadata.labels
+            && current.metadata.annotations == patched.metadata.annotations
+            && current.spec == patched.spec;
+        if unchanged && !explicit_rv {
+            return Ok((Applied::Unchanged, current));
+        }
+        if req.dry_run {
+            return Ok((Applied::Configured, patched));
+        }
+        match store.update(&patched).await {
+            Err(StoreError::Conflict { .. }) if !explicit_rv => continue,
+            other => return Ok((Applied::Configured, other?)),
+        }
+    }
+    Err(OpsError::Store(StoreError::Conflict {
+        name: name.to_string(),
+        expected: "latest".into(),
+        current: "changing too fast".into(),
+    }))
+}
+
+/// Delete a session on behalf of `source`, honouring ownership and, when given, the
+/// resourceVersion precondition.
+pub async fn delete(
+    store: &Store,
+    name: &str,
+    resource_version: Option<&str>,
+    source: &str,
+) -> Result<Session, OpsError> {
+    let current = store
+        .get(name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+    check_owner(&current, source)?;
+    let rv = resource_version
+        .map(str::to_string)
+        .or_else(|| current.metadata.resource_version.clone());
+    Ok(store.delete(name, rv.as_deref()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned_by(src: &str) -> Session {
+        let mut s = Session::new("a", "mcp-server:1");
+        s.metadata
+            .annotations
+            .insert(SOURCE_ANNOTATION.into(), src.into());
+        s
+    }
+
+    #[test]
+    fn ownership() {
+        assert!(check_owner(&owned_by("cli"), "api").is_ok());
+        assert!(check_owner(&owned_by("api"), "cli").is_ok());
+        assert!(check_owner(&owned_by("api"), "file:/s/a.yaml").is_err());
+        assert!(check_owner(&owned_by("file:/s/a.yaml"), "api").is_err());
+        assert!(check_owner(&owned_by("file:/s/a.yaml"), "file:/s/b.yaml").is_err());
+        assert!(check_owner(&owned_by("file:/s/a.yaml"), "file:/s/a.yaml").is_ok());
+    }
+
+    #[test]
+    fn the_source_cannot_be_forged() {
+        let cur = owned_by("file:/s/a.yaml");
+        let mut desired = owned_by("api");
+        desired.spec.env.insert("X".into(), "1".into());
+        let next = merged(Some(&cur), &desired, "file:/s/a.yaml");
+        assert_eq!(next.source(), Some("file:/s/a.yaml"));
+        let fresh = merged(None, &owned_by("file:/etc/x"), "cli");
+        assert_eq!(fresh.source(), Some("cli"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The Docker edge, through bollard. Thin: list, inspect, create, start, remove, events.
+//!
+//! Every query is scoped by the managed-by and instance labels, so one orchestrator never
+//! sees (or removes) another instance's containers. The client negotiates the API version
+//! with the engine, which matters on engines older than bollard's default (API 1.41 here).
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+    ContainerSummaryStateEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
+use crate::contract::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, MANAGED_BY};
+use crate::plan::{ContainerState, ExitInfo, Observed};
+
+/// Docker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached or answered with an error.
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    /// The image is not present locally (and this engine cannot pull).
+    #[error("image {0:?} not found on the engine")]
+    ImageNotFound(String),
+}
+
+impl RuntimeError {
+    /// A machine-readable reason for status and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::ImageNotFound(_) => "ImageNotFound",
+            RuntimeError::Docker(_) => "DockerError",
+        }
+    }
+}
+
+fn status_code(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// A container lifecycle event for a managed container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerEvent {
+    /// Session label of the container.
+    pub session: String,
+    /// Docker's action (`die`, `destroy`, `oom`, `stop`, `kill`, `start`, `create`).
+    pub action: String,
+    /// Container id.
+    pub id: String,
+}
+
+/// The Docker engine, scoped to one orchestrator instance.
+#[derive(Clone)]
+pub struct Runtime {
+    docker: Docker,
+    instance: String,
+}
+
+impl Runtime {
+    /// Connect with the local defaults (DOCKER_HOST or the unix socket) and negotiate the API
+    /// version with the engine.
+    pub async fn connect(instance: &str) -> Result<Runtime, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()?
+            .negotiate_version()
+            .await?;
+        Ok(Runtime {
+            docker,
+            instance: instance.to_string(),
+        })
+    }
+
+    /// The underlying client (for the chat bridge's attach and for tests).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The instance this runtime is scoped to.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Is the engine answering?
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker.ping().await?;
+        Ok(())
+    }
+
+    fn filters(&self, session: Option<&str>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![
+            format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+            format!("{LABEL_INSTANCE}={}", self.instance),
+        ];
+        if let Some(s) = session {
+            labels.push(format!("{LABEL_SESSION}={s}"));
+        }
+        HashMap::from([("label".to_string(), labels)])
+    }
+
+    /// Managed containers of this instance (of one session when given), in any state. When
+    /// `inspect` is set, each container is inspected for its authoritative state and exit
+    /// details (one more call per container; the per-session reconcile does this, the bulk
+    /// resync does not).
+    pub async fn list(
+        &self,
+        session: Option<&str>,
+        inspect: bool,
+    ) -> Result<Vec<Observed>, RuntimeError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.filters(session)),
+                ..Default::default()
+            }))
+            .await?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for c in summaries {
+            let labels = c.labels.unwrap_or_default();
+            let Some(id) = c.id else { continue };
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
+                Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
+                Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
+                Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
+                Some(ContainerSummaryStateEnum::REMOVING) => ContainerState::Removing,
+                Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
+                _ => ContainerState::Exited,
+            };
+            let mut o = Observed {
+                session: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                spec_hash: labels.get(crate::contract::LABEL_SPEC_HASH).cloned(),
+                generation: labels
+                    .get(crate::contract::LABEL_GENERATION)
+                    .and_then(|g| g.parse().ok()),
+                uid: labels.get(crate::contract::LABEL_UID).cloned(),
+                created: c.created.unwrap_or(0),
+                state,
+                exit: None,
+                id,
+            };
+            if inspect {
+                // Inspect takes the container's lock in the engine, so it never shows the
+                // stale "running" a list can show right after a `die` event.
+                match self.inspect(&o.id).await {
+                    Ok(info) => {
+                        if let Some(st) = info.state.as_ref().and_then(|s| s.status) {
+                            o.state = match st {
+                                ContainerStateStatusEnum::RUNNING => ContainerState::Running,
+                                ContainerStateStatusEnum::CREATED => ContainerState::Created,
+                                ContainerStateStatusEnum::PAUSED => ContainerState::Paused,
+                                ContainerStateStatusEnum::RESTARTING => ContainerState::Restarting,
+                                ContainerStateStatusEnum::REMOVING => ContainerState::Removing,
+                                ContainerStateStatusEnum::DEAD => ContainerState::Dead,
+                                _ => ContainerState::Exited,
+                            };
+                        }
+                        if o.state == ContainerState::Exited {
+                            o.exit = exit_info(&info);
+                        }
+                    }
+                    Err(RuntimeError::Docker(e)) if status_code(&e) == Some(404) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Full inspect of one container.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, RuntimeError> {
+        Ok(self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?)
+    }
+
+    /// Create a container under `name` and start it; returns its id. A leftover container of
+    /// this instance holding the name (e.g. from a crash between remove and create) is
+    /// removed first.
+    pub async fn create_and_start(
+        &self,
+        name: &str,
+        body: &ContainerCreateBody,
+    ) -> Result<String, RuntimeError> {
+        let options = || {
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            })
+        };
+        let created = match self.docker.create_container(options(), body.clone()).await {
+            Ok(c) => c,
+            Err(e) if status_code(&e) == Some(409) => {
+                // Name in use: if it is ours, it is stale (the planner saw no live match).
+                let info = self.inspect(name).await?;
+                let ours = info
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .is_some_and(|l| {
+                        l.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance.as_str())
+                            && l.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+                    });
+                if !ours {
+                    return Err(e.into());
+                }
+                self.remove(info.id.as_deref().unwrap_or(name)).await?;
+                self.docker
+                    .create_container(options(), body.clone())
+                    .await?
+            }
+            Err(e) if status_code(&e) == Some(404) => {
+                return Err(RuntimeError::ImageNotFound(
+                    body.image.clone().unwrap_or_default(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.start(&created.id).await?;
+        Ok(created.id)
+    }
+
+    /// Start a stopped container. Starting a running one is not an error.
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(304) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Force-remove a container; one already gone is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Send a signal to a container's main process (chaos and tests).
+    pub async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: signal.to_string(),
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stop a container (chaos and tests).
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(1),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Lifecycle events of this instance's managed containers. The stream ends or errors when
+    /// the engine goes away; the caller reconnects and resyncs.
+    pub fn events(&self) -> impl Stream<Item = Result<ContainerEvent, RuntimeError>> + use<> {
+        let mut filters = self.filters(None);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            [
+                "die", "destroy", "oom", "stop", "kill", "start", "create", "pause",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        );
+        self.docker
+            .events(Some(EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .map(|r| {
+                let m = r?;
+                let actor = m.actor.unwrap_or_default();
+                let attrs = actor.attributes.unwrap_or_default();
+                Ok(ContainerEvent {
+                    session: attrs.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                    action: m.action.unwrap_or_default(),
+                    id: actor.id.unwrap_or_default(),
+                })
+            })
+    }
+}
+
+fn parse_time(s: Option<&String>) -> Option<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
+    // Docker reports "0001-01-01T00:00:00Z" for never.
+    (t.timestamp() > 0).then_some(t)
+}
+
+/// Exit details of a stopped container, from inspect.
+pub fn exit_info(info: &ContainerInspectResponse) -> Option<ExitInfo> {
+    let state = info.state.as_ref()?;
+    if state.running == Some(true) {
+        return None;
+    }
+    let finished_at = parse_time(state.finished_at.as_ref())?;
+    Some(ExitInfo {
+        code: state.exit_code.unwrap_or(-1),
+        started_at: parse_time(state.started_at.as_ref()).unwrap_or(finished_at),
+        finished_at,
+        oom_killed: state.oom_killed.unwrap_or(false),
+    })
+}
+
+/// A short JSON summary of a container for `describe` and the API: name, image, state,
+/// times, exit code and the contract-relevant settings.
+pub fn summary(info: &ContainerInspectResponse) -> serde_json::Value {
+    let state = info.state.clone().unwrap_or_default();
+    let host = info.host_config.clone().unwrap_or_default();
+    let cfg = info.config.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": info.id,
+        "name": info.name.clone().unwrap_or_default().trim_start_matches('/'),
+        "image": cfg.image,
+        "state": state.status.map(|s| s.to_string()),
+        "running": state.running,
+        "startedAt": state.started_at,
+        "finishedAt": state.finished_at,
+        "exitCode": state.exit_code,
+        "oomKilled": state.oom_killed,
+        "user": cfg.user,
+        "networkMode": host.network_mode,
+        "readonlyRootfs": host.readonly_rootfs,
+        "capDrop": host.cap_drop,
+        "securityOpt": host.security_opt,
+        "memory": host.memory,
+        "nanoCpus": host.nano_cpus,
+        "pidsLimit": host.pids_limit,
+    })
+}

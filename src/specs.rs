@@ -1,0 +1,1060 @@
+//! The specs directory: a watched folder of Session files (GitOps, like the kubelet's
+//! static pods).
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory (not in
+//! subdirectories; dotfiles and editor temp files are ignored, see
+//! [`crate::parse::is_spec_file`]) declares sessions. Each session it declares is applied
+//! with the source `file:<absolute path>` (the directory is canonicalised once, at start),
+//! which [`crate::ops`] uses to keep files and the API/CLI from overwriting each other.
+//!
+//! ## How it works
+//! - IO is thin: [`run`] watches the directory (and its parent, to notice the directory
+//!   itself being removed, renamed or re-created) through `notify` with a debouncer, reads
+//!   the files an event names, lists the store, and executes a plan.
+//! - The decision is pure: [`plan`] gets the files (their text, or that they are gone) and
+//!   the stored sessions, and says per file what to apply, what to delete and what to report.
+//! - A file is applied all-or-nothing at the validation stage: if any document fails to parse
+//!   or to pass admission, nothing of it is written and the sessions it declared earlier stay
+//!   as they are.
+//! - At start, after a directory event (removed, re-created, renamed) and when the watcher
+//!   lost events, the whole directory is synced: sessions of files that are gone are deleted.
+//!   Otherwise only the files an event names are looked at.
+//!
+//! ## Reporting
+//! An invalid file, or a file declaring a session that another source owns (a conflict),
+//! is reported
+//! - in the log: one `warn` line naming the file, the document and the field;
+//! - as a `Warning` event (`InvalidSpecFile` / `SourceConflict`) on each session concerned
+//!   (`describe` shows it);
+//! - in the store's hash `mcpo:<instance>:specfiles` (source → event), see
+//!   [`Store::spec_file_problems`], until the file is fixed or removed.
+//!
+//! A conflicted file is not retried in a loop: it is looked at again when it changes, when
+//! the orchestrator starts, and once after this directory deletes a session (which may have
+//! been the session it conflicted with).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::Utc;
+use notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::admission;
+use crate::contract::Policy;
+use crate::ops::{self, Applied, OpsError};
+use crate::parse;
+use crate::resource::Session;
+use crate::store::{SessionEvent, Store, StoreError};
+
+/// Quiet time the debouncer waits for after the last event on a path.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Largest spec file read; bigger files are reported as invalid.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+/// Event reason for an invalid file.
+pub const REASON_INVALID: &str = "InvalidSpecFile";
+/// Event reason for a file declaring a session another source owns.
+pub const REASON_CONFLICT: &str = "SourceConflict";
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Specs-directory failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecsError {
+    /// The directory exists but cannot be listed.
+    #[error("cannot list the specs directory {path}: {source}")]
+    List {
+        /// The directory.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store failed; the sync is retried with backoff.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+// ---------------------------------------------------------------------------------------
+// The pure part.
+
+/// What a spec file holds now, as read from disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileContent {
+    /// Its text.
+    Text(String),
+    /// It exists but cannot be read; the message says why.
+    Unreadable(String),
+    /// It no longer exists (or is no longer a regular file).
+    Gone,
+}
+
+/// Which part of the directory a sync covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every file: the files given are all there is, so a stored session whose file is not
+    /// among them is deleted.
+    Full,
+    /// Only the files given; sessions of other files are not looked at.
+    Files,
+}
+
+/// What to do about one file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileAction {
+    /// The file is valid: apply its sessions (in file order) and delete the sessions it
+    /// declared before but no longer does.
+    Apply {
+        /// The sessions, admitted, without `resourceVersion`.
+        sessions: Vec<Session>,
+        /// Names it no longer declares.
+        delete: Vec<String>,
+    },
+    /// The file is gone: delete every session it declared.
+    Remove {
+        /// Names it declared.
+        delete: Vec<String>,
+    },
+    /// The file is invalid: write nothing, report `message` (one line naming file, document
+    /// and field) on the sessions it declared before.
+    Invalid {
+        /// Every error, `; `-separated.
+        message: String,
+        /// Names it declared before (left untouched).
+        declared: Vec<String>,
+    },
+}
+
+/// The plan for one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilePlan {
+    /// `file:<absolute path>`.
+    pub source: String,
+    /// What to do.
+    pub action: FileAction,
+}
+
+/// The source of a file in the specs directory.
+pub fn source_of(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+/// Is `source` a file directly in the directory whose sources start with `prefix`
+/// (`file:<dir>/`)?
+fn in_dir<'a>(prefix: &str, source: &'a str) -> Option<&'a str> {
+    source
+        .strip_prefix(prefix)
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// Parse and admit every document of a file; all of them, or the list of errors.
+pub fn validate_file(file: &str, text: &str, policy: &Policy) -> Result<Vec<Session>, String> {
+    let docs = parse::parse_str(file, text).map_err(|e| e.to_string())?;
+    let mut errors = Vec::new();
+    let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+    for d in &docs {
+        if let Err(e) = admission::validate(&d.session, policy) {
+            for v in e.violations() {
+                errors.push(format!("{}: {}", d.origin.at(&v.path), v.message));
+            }
+        }
+        if let Some(prev) = seen.insert(d.session.name(), d.origin.at("")) {
+            errors.push(format!(
+                "{}: session {:?} is also declared at {prev}",
+                d.origin.at("metadata.name"),
+                d.session.name()
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    Ok(docs
+        .into_iter()
+        .map(|d| {
+            let mut s = d.session;
+            // A file is declarative: a resourceVersion in it would be a stale precondition
+            // forever.
+            s.metadata.resource_version = None;
+            s
+        })
+        .collect())
+}
+
+/// Decide what to do. `prefix` is `file:<dir>/`; `files` maps the source of each file looked
+/// at to its content; `stored` is every session in the store (only those whose source is a
+/// file directly in the directory matter). With [`Scope::Full`], files that declared
+/// sessions but are not in `files` are gone. No IO; the result is sorted by source.
+pub fn plan(
+    prefix: &str,
+    files: &BTreeMap<String, FileContent>,
+    stored: &[Session],
+    scope: Scope,
+    policy: &Policy,
+) -> Vec<FilePlan> {
+    let mut declared: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for s in stored {
+        if let Some(src) = s.source()
+            && in_dir(prefix, src).is_some()
+        {
+            declared.entry(src).or_default().push(s.name().to_string());
+        }
+    }
+    let mut sources: BTreeSet<&str> = files.keys().map(String::as_str).collect();
+    if scope == Scope::Full {
+        sources.extend(declared.keys().copied());
+    }
+    sources
+        .into_iter()
+        .map(|source| {
+            let mut before = declared.get(source).cloned().unwrap_or_default();
+            before.sort();
+            let file = source.strip_prefix("file:").unwrap_or(source);
+            let action = match files.get(source).unwrap_or(&FileContent::Gone) {
+                FileContent::Gone => FileAction::Remove { delete: before },
+                FileContent::Unreadable(why) => FileAction::Invalid {
+                    message: format!("{file}: cannot read: {why}"),
+                    declared: before,
+                },
+                FileContent::Text(text) => match validate_file(file, text, policy) {
+                    Ok(sessions) => {
+                        let now: BTreeSet<&str> = sessions.iter().map(Session::name).collect();
+                        let delete = before
+                            .into_iter()
+                            .filter(|n| !now.contains(n.as_str()))
+                            .collect();
+                        FileAction::Apply { sessions, delete }
+                    }
+                    Err(message) => FileAction::Invalid {
+                        message,
+                        declared: before,
+                    },
+                },
+            };
+            FilePlan {
+                source: source.to_string(),
+                action,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The IO part.
+
+/// What a sync must look at.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Work {
+    /// The whole directory.
+    full: bool,
+    /// File names (in the directory) an event named.
+    names: BTreeSet<String>,
+}
+
+impl Work {
+    fn is_empty(&self) -> bool {
+        !self.full && self.names.is_empty()
+    }
+
+    fn merge(&mut self, other: Work) {
+        self.full |= other.full;
+        self.names.extend(other.names);
+    }
+}
+
+/// What the debouncer tells the loop.
+#[derive(Debug)]
+enum Signal {
+    /// These paths changed.
+    Paths(Vec<PathBuf>),
+    /// Events were lost (or the watcher failed): look at everything again.
+    Rescan(String),
+}
+
+/// The directory as used in sources: canonical if it exists, else its canonical parent
+/// joined with its name, else absolute.
+fn resolve_dir(dir: &Path) -> PathBuf {
+    if let Ok(p) = dir.canonicalize() {
+        return p;
+    }
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// Read one file; missing or not a regular file is [`FileContent::Gone`].
+fn read_file(path: &Path) -> FileContent {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContent::Gone,
+        Err(e) => FileContent::Unreadable(e.to_string()),
+        Ok(m) if !m.is_file() => FileContent::Gone,
+        Ok(m) if m.len() > MAX_FILE_SIZE => {
+            FileContent::Unreadable(format!("larger than {MAX_FILE_SIZE} bytes"))
+        }
+        Ok(_) => match std::fs::read_to_string(path) {
+            Ok(text) => FileContent::Text(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileContent::Gone,
+            Err(e) => FileContent::Unreadable(e.to_string()),
+        },
+    }
+}
+
+/// Read the files a sync covers, keyed by source. A missing directory has no files.
+fn read_files(dir: &Path, work: &Work) -> Result<BTreeMap<String, FileContent>, SpecsError> {
+    let mut out = BTreeMap::new();
+    if work.full {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => {
+                return Err(SpecsError::List {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if parse::is_spec_file(&path) {
+                let content = read_file(&path);
+                if content != FileContent::Gone {
+                    out.insert(source_of(&path), content);
+                }
+            }
+        }
+    } else {
+        for name in &work.names {
+            let path = dir.join(name);
+            out.insert(source_of(&path), read_file(&path));
+        }
+    }
+    Ok(out)
+}
+
+fn warning(reason: &str, message: String) -> SessionEvent {
+    SessionEvent {
+        time: Utc::now(),
+        type_: "Warning".into(),
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// Is a store failure worth retrying (Redis down, a lost race)?
+fn transient(e: &OpsError) -> bool {
+    matches!(
+        e,
+        OpsError::Store(
+            StoreError::Redis(_)
+                | StoreError::Conflict { .. }
+                | StoreError::AlreadyExists(_)
+                | StoreError::NotFound(_)
+        )
+    )
+}
+
+/// Executes plans against the store and remembers what needs another look.
+struct Syncer {
+    dir: PathBuf,
+    prefix: String,
+    store: Store,
+    policy: Policy,
+    /// Sources whose last apply hit a session owned by another source.
+    conflicted: BTreeSet<String>,
+}
+
+/// How one file's execution went.
+#[derive(Default)]
+struct Outcome {
+    problems: Vec<String>,
+    reason: &'static str,
+    retry: bool,
+}
+
+impl Syncer {
+    fn name_of<'a>(&self, source: &'a str) -> Option<&'a str> {
+        in_dir(&self.prefix, source)
+    }
+
+    /// One sync. Returns the work to do right away (conflicted files worth another look),
+    /// or, on a store failure, the work to retry later.
+    async fn sync(&mut self, work: &Work) -> Result<Work, Work> {
+        let started = std::time::Instant::now();
+        let dir = self.dir.clone();
+        let w = work.clone();
+        let files = match tokio::task::spawn_blocking(move || read_files(&dir, &w)).await {
+            Ok(Ok(files)) => files,
+            Ok(Err(e)) => {
+                warn!(error = %e, "specs directory sync failed; retrying");
+                return Err(work.clone());
+            }
+            Err(e) => {
+                warn!(error = %e, "specs directory read panicked; retrying");
+                return Err(work.clone());
+            }
+        };
+        let stored = match self.store.list().await {
+            Ok(s) => s.sessions,
+            Err(e) => {
+                warn!(error = %e, "specs directory sync: cannot list the store; retrying");
+                return Err(work.clone());
+            }
+        };
+        let scope = if work.full { Scope::Full } else { Scope::Files };
+        let plans = plan(&self.prefix, &files, &stored, scope, &self.policy);
+        let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
+        let mut deleted_any = false;
+
+        // Deletes first, so that a session moving from one file to another in one change
+        // is not refused as a conflict.
+        for p in &plans {
+            let (FileAction::Apply { delete, .. } | FileAction::Remove { delete }) = &p.action
+            else {
+                continue;
+            };
+            for name in delete {
+                let out = outcomes.entry(p.source.clone()).or_default();
+                match ops::delete(&self.store, name, None, &p.source).await {
+                    Ok(_) => {
+                        deleted_any = true;
+                        info!(file = %file_of(&p.source), session = %name, "session deleted: its specs file no longer declares it");
+                    }
+                    Err(OpsError::Store(StoreError::NotFound(_))) => {}
+                    Err(e) if transient(&e) => {
+                        warn!(file = %file_of(&p.source), session = %name, error = %e, "cannot delete the session; retrying");
+                        out.retry = true;
+                    }
+                    Err(e) => {
+                        warn!(file = %file_of(&p.source), session = %name, error = %e, "cannot delete the session");
+                        out.problems.push(e.to_string());
+                        out.reason = REASON_CONFLICT;
+                    }
+                }
+            }
+        }
+
+        for p in &plans {
+            let out = outcomes.entry(p.source.clone()).or_default();
+            let file = file_of(&p.source);
+            match &p.action {
+                FileAction::Apply { sessions, .. } => {
+                    for s in sessions {
+                        self.apply_one(&p.source, s, out).await;
+                    }
+                }
+                FileAction::Remove { .. } => {}
+                FileAction::Invalid { message, declared } => {
+                    warn!(file = %file, error = %message, "invalid specs file; nothing of it is applied and its sessions are left unchanged");
+                    out.problems.push(message.clone());
+                    out.reason = REASON_INVALID;
+                    for name in declared {
+                        let event = warning(
+                            REASON_INVALID,
+                            format!("{message} (the session is left unchanged)"),
+                        );
+                        if let Err(e) = self.store.record_event(name, &event).await {
+                            warn!(session = %name, error = %e, "cannot record an event");
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut retry = Work::default();
+        for (source, out) in &outcomes {
+            if out.reason == REASON_CONFLICT && !out.problems.is_empty() {
+                self.conflicted.insert(source.clone());
+            } else {
+                self.conflicted.remove(source);
+            }
+            let problem =
+                (!out.problems.is_empty()).then(|| warning(out.reason, out.problems.join("; ")));
+            let recorded = self
+                .store
+                .set_spec_file_problem(source, problem.as_ref())
+                .await;
+            if (out.retry || recorded.is_err())
+                && let Some(name) = self.name_of(source)
+            {
+                retry.names.insert(name.to_string());
+            }
+        }
+        if work.full {
+            // Problems of files that vanished while nobody watched.
+            match self.store.spec_file_problems().await {
+                Ok(problems) => {
+                    for source in problems.keys() {
+                        if self.name_of(source).is_some() && !outcomes.contains_key(source) {
+                            let _ = self.store.set_spec_file_problem(source, None).await;
+                        }
+                    }
+                }
+                Err(_) => retry.full = true,
+            }
+            self.conflicted
+                .retain(|s| files.contains_key(s) || outcomes.contains_key(s));
+        }
+        debug!(
+            files = plans.len(),
+            full = work.full,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "specs directory synced"
+        );
+        if !retry.is_empty() {
+            return Err(retry);
+        }
+        let mut again = Work::default();
+        if deleted_any {
+            for source in &self.conflicted {
+                if !outcomes.contains_key(source)
+                    && let Some(name) = self.name_of(source)
+                {
+                    again.names.insert(name.to_string());
+                }
+            }
+        }
+        Ok(again)
+    }
+
+    async fn apply_one(&self, source: &str, s: &Session, out: &mut Outcome) {
+        let file = file_of(source);
+        match ops::apply(&self.store, &self.policy, s, source, false).await {
+            Ok((Applied::Unchanged, _)) => {
+                debug!(file = %file, session = %s.name(), "session unchanged");
+            }
+            Ok((what, _)) => {
+                info!(file = %file, session = %s.name(), "session {what} from the specs directory");
+                let event = SessionEvent {
+                    time: Utc::now(),
+                    type_: "Normal".into(),
+                    reason: "SpecFileApplied".into(),
+                    message: format!("{what} from {file}"),
+                };
+                if let Err(e) = self.store.record_event(s.name(), &event).await {
+                    warn!(session = %s.name(), error = %e, "cannot record an event");
+                }
+            }
+            Err(e @ OpsError::Owned { .. }) => {
+                let message = format!("{file}: {e}; the file's version is not applied");
+                warn!(file = %file, session = %s.name(), error = %e, "conflict: a specs file declares a session that another source owns; not applied");
+                if let Err(e) = self
+                    .store
+                    .record_event(s.name(), &warning(REASON_CONFLICT, message.clone()))
+                    .await
+                {
+                    warn!(session = %s.name(), error = %e, "cannot record an event");
+                }
+                out.problems.push(message);
+                out.reason = REASON_CONFLICT;
+            }
+            Err(e) if transient(&e) => {
+                warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session; retrying");
+                out.retry = true;
+            }
+            Err(e) => {
+                warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session");
+                out.problems.push(format!("{file}: {e}"));
+                if out.reason.is_empty() {
+                    out.reason = REASON_INVALID;
+                }
+            }
+        }
+    }
+}
+
+fn file_of(source: &str) -> &str {
+    source.strip_prefix("file:").unwrap_or(source)
+}
+
+type Watcher = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// (Re-)establish the watch on the directory itself. Returns whether it is watched.
+fn rewatch(debouncer: &mut Watcher, dir: &Path) -> bool {
+    let _ = debouncer.unwatch(dir);
+    if !dir.is_dir() {
+        warn!(dir = %dir.display(), "the specs directory does not exist; waiting for it to appear");
+        return false;
+    }
+    match debouncer.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the specs directory");
+            false
+        }
+    }
+}
+
+/// Turn debounced events into paths, dropping access events (our own reads open files).
+fn signal(result: DebounceEventResult) -> Option<Signal> {
+    match result {
+        Err(errors) => Some(Signal::Rescan(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        Ok(events) => {
+            if events.iter().any(|e| e.need_rescan()) {
+                return Some(Signal::Rescan("the watcher lost events".into()));
+            }
+            let paths: Vec<PathBuf> = events
+                .into_iter()
+                .filter(|e| !matches!(e.kind, EventKind::Access(_) | EventKind::Other))
+                .flat_map(|e| e.event.paths)
+                .collect();
+            (!paths.is_empty()).then_some(Signal::Paths(paths))
+        }
+    }
+}
+
+/// Watch `dir` until `shutdown`, applying what appears or changes and deleting what
+/// disappears. Syncs the whole directory once at start. Never returns an error: problems
+/// are logged and retried.
+pub async fn run(dir: PathBuf, store: Store, policy: Policy, shutdown: CancellationToken) {
+    let dir = resolve_dir(&dir);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let debouncer = new_debouncer(DEBOUNCE, None, move |r: DebounceEventResult| {
+        if let Some(s) = signal(r) {
+            let _ = tx.send(s);
+        }
+    });
+    let mut debouncer = match debouncer {
+        Ok(d) => Some(d),
+        Err(e) => {
+            warn!(error = %e, "cannot start the file watcher; the specs directory is synced once only");
+            None
+        }
+    };
+    if let Some(d) = debouncer.as_mut() {
+        // The parent tells us when the directory itself is removed, renamed or re-created.
+        if let Some(parent) = dir.parent()
+            && let Err(e) = d.watch(parent, RecursiveMode::NonRecursive)
+        {
+            warn!(dir = %parent.display(), error = %e, "cannot watch the specs directory's parent; a removed directory will not be noticed when it comes back");
+        }
+        rewatch(d, &dir);
+    }
+    info!(dir = %dir.display(), "specs directory watched");
+    let mut syncer = Syncer {
+        prefix: format!("file:{}/", dir.display()),
+        dir: dir.clone(),
+        store,
+        policy,
+        conflicted: BTreeSet::new(),
+    };
+    let mut work = Work {
+        full: true,
+        names: BTreeSet::new(),
+    };
+    let mut backoff = RETRY_MIN;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        // Batch whatever else is already waiting.
+        while let Ok(s) = rx.try_recv() {
+            absorb(s, &dir, debouncer.as_mut(), &mut work);
+        }
+        if !work.is_empty() && retry_at.is_none() {
+            let todo = std::mem::take(&mut work);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = syncer.sync(&todo) => match r {
+                    Ok(again) => {
+                        backoff = RETRY_MIN;
+                        work.merge(again);
+                    }
+                    Err(failed) => {
+                        work.merge(failed);
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = rx.recv() => match s {
+                Some(s) => absorb(s, &dir, debouncer.as_mut(), &mut work),
+                None => {
+                    // No watcher: nothing will ever arrive.
+                    shutdown.cancelled().await;
+                    break;
+                }
+            },
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
+        }
+    }
+    if let Some(d) = debouncer {
+        d.stop_nonblocking();
+    }
+    debug!("specs directory watcher stopped");
+}
+
+/// Fold one signal into the pending work. An event on the directory itself re-establishes
+/// its watch and asks for a full sync.
+fn absorb(s: Signal, dir: &Path, debouncer: Option<&mut Watcher>, work: &mut Work) {
+    let mut dir_changed = false;
+    match s {
+        Signal::Rescan(why) => {
+            warn!(error = %why, "file watcher problem; syncing the whole specs directory");
+            dir_changed = true;
+        }
+        Signal::Paths(paths) => {
+            for p in paths {
+                if p == dir {
+                    dir_changed = true;
+                } else if p.parent() == Some(dir)
+                    && parse::is_spec_file(&p)
+                    && let Some(name) = p.file_name().and_then(|n| n.to_str())
+                {
+                    work.names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    if dir_changed {
+        if let Some(d) = debouncer {
+            rewatch(d, dir);
+        }
+        work.full = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::SOURCE_ANNOTATION;
+
+    const PREFIX: &str = "file:/specs/";
+
+    fn policy() -> Policy {
+        Policy::default()
+    }
+
+    fn yaml(name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {{name: {name}}}\nspec:\n  image: mcp-server:latest\n{extra}"
+        )
+    }
+
+    fn stored(name: &str, source: &str) -> Session {
+        let mut s = Session::new(name, "mcp-server:latest");
+        s.metadata
+            .annotations
+            .insert(SOURCE_ANNOTATION.into(), source.into());
+        s.metadata.resource_version = Some("7".into());
+        s
+    }
+
+    fn files(entries: &[(&str, FileContent)]) -> BTreeMap<String, FileContent> {
+        entries
+            .iter()
+            .map(|(n, c)| (format!("{PREFIX}{n}"), c.clone()))
+            .collect()
+    }
+
+    fn text(s: String) -> FileContent {
+        FileContent::Text(s)
+    }
+
+    fn names(sessions: &[Session]) -> Vec<&str> {
+        sessions.iter().map(Session::name).collect()
+    }
+
+    #[test]
+    fn a_new_file_applies_every_session() {
+        let f = files(&[(
+            "a.yaml",
+            text(format!("{}---\n{}", yaml("x", ""), yaml("y", ""))),
+        )]);
+        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].source, "file:/specs/a.yaml");
+        let FileAction::Apply { sessions, delete } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert_eq!(names(sessions), ["x", "y"]);
+        assert!(delete.is_empty());
+    }
+
+    #[test]
+    fn a_changed_file_deletes_what_it_no_longer_declares() {
+        let f = files(&[("a.yaml", text(yaml("y", "  env: {A: '1'}\n")))]);
+        let s = [
+            stored("x", "file:/specs/a.yaml"),
+            stored("y", "file:/specs/a.yaml"),
+        ];
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        let FileAction::Apply { sessions, delete } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert_eq!(names(sessions), ["y"]);
+        assert_eq!(sessions[0].spec.env["A"], "1");
+        assert_eq!(delete, &["x".to_string()]);
+    }
+
+    #[test]
+    fn a_removed_file_deletes_its_sessions_only() {
+        let f = files(&[("a.yaml", FileContent::Gone)]);
+        let s = [
+            stored("x", "file:/specs/a.yaml"),
+            stored("y", "file:/specs/b.yaml"),
+            stored("z", "cli"),
+        ];
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        assert_eq!(
+            p,
+            [FilePlan {
+                source: "file:/specs/a.yaml".into(),
+                action: FileAction::Remove {
+                    delete: vec!["x".into()]
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn full_scope_removes_files_that_are_gone_and_keeps_everything_else() {
+        let f = files(&[("b.yaml", text(yaml("y", "")))]);
+        let s = [
+            stored("x", "file:/specs/a.yaml"),
+            stored("y", "file:/specs/b.yaml"),
+            stored("z", "cli"),
+            stored("w", "api"),
+            stored("o", "file:/elsewhere/o.yaml"),
+            stored("n", "file:/specs/sub/n.yaml"),
+            stored("u", "file:/specs-other/u.yaml"),
+        ];
+        let p = plan(PREFIX, &f, &s, Scope::Full, &policy());
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            p[0].action,
+            FileAction::Remove {
+                delete: vec!["x".into()]
+            }
+        );
+        assert!(matches!(&p[1].action, FileAction::Apply { delete, .. } if delete.is_empty()));
+        // Only the listed file in Files scope: a.yaml is not looked at.
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_file_changes_nothing_and_names_file_document_and_field() {
+        let bad = format!(
+            "{}---\n{}",
+            yaml("x", ""),
+            yaml("y", "  privileged: true\n")
+        );
+        let f = files(&[("a.yaml", text(bad))]);
+        let s = [
+            stored("x", "file:/specs/a.yaml"),
+            stored("old", "file:/specs/a.yaml"),
+        ];
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        let FileAction::Invalid { message, declared } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert!(
+            message.starts_with("/specs/a.yaml: document 1: spec.privileged:"),
+            "{message}"
+        );
+        assert_eq!(declared, &["old".to_string(), "x".to_string()]);
+    }
+
+    #[test]
+    fn a_parse_error_is_invalid_too() {
+        let f = files(&[("a.yaml", text(yaml("x", "  resources: {memroy: 1Gi}\n")))]);
+        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        let FileAction::Invalid { message, declared } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert!(
+            message.starts_with("/specs/a.yaml: document 0: spec.resources"),
+            "{message}"
+        );
+        assert!(declared.is_empty());
+        let f = files(&[("a.json", text("{not json".into()))]);
+        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        assert!(matches!(&p[0].action, FileAction::Invalid { .. }));
+    }
+
+    #[test]
+    fn an_unreadable_file_is_invalid_not_gone() {
+        let f = files(&[(
+            "a.yaml",
+            FileContent::Unreadable("permission denied".into()),
+        )]);
+        let s = [stored("x", "file:/specs/a.yaml")];
+        let p = plan(PREFIX, &f, &s, Scope::Full, &policy());
+        assert_eq!(
+            p[0].action,
+            FileAction::Invalid {
+                message: "/specs/a.yaml: cannot read: permission denied".into(),
+                declared: vec!["x".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_name_declared_twice_in_one_file_is_invalid() {
+        let f = files(&[(
+            "a.yaml",
+            text(format!("{}---\n{}", yaml("x", ""), yaml("x", ""))),
+        )]);
+        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        let FileAction::Invalid { message, .. } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert!(message.contains("also declared"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_file_declares_nothing() {
+        let f = files(&[("a.yaml", text("# nothing yet\n".into()))]);
+        let s = [stored("x", "file:/specs/a.yaml")];
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        assert_eq!(
+            p[0].action,
+            FileAction::Apply {
+                sessions: vec![],
+                delete: vec!["x".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_resource_version_in_a_file_is_dropped() {
+        let f = files(&[(
+            "a.yaml",
+            text(yaml("x", "").replace("{name: x}", "{name: x, resourceVersion: '3'}")),
+        )]);
+        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        let FileAction::Apply { sessions, .. } = &p[0].action else {
+            panic!("{p:?}")
+        };
+        assert_eq!(sessions[0].metadata.resource_version, None);
+    }
+
+    #[test]
+    fn a_session_moving_between_files_is_deleted_then_applied() {
+        let f = files(&[("a.yaml", text("".into())), ("b.yaml", text(yaml("x", "")))]);
+        let s = [stored("x", "file:/specs/a.yaml")];
+        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
+        assert_eq!(
+            p[0].action,
+            FileAction::Apply {
+                sessions: vec![],
+                delete: vec!["x".into()]
+            }
+        );
+        assert!(
+            matches!(&p[1].action, FileAction::Apply { sessions, .. } if names(sessions) == ["x"])
+        );
+    }
+
+    #[test]
+    fn sources_are_scoped_to_direct_children() {
+        assert_eq!(in_dir(PREFIX, "file:/specs/a.yaml"), Some("a.yaml"));
+        assert_eq!(in_dir(PREFIX, "file:/specs/sub/a.yaml"), None);
+        assert_eq!(in_dir(PREFIX, "file:/specs/"), None);
+        assert_eq!(in_dir(PREFIX, "file:/specsx/a.yaml"), None);
+        assert_eq!(in_dir(PREFIX, "cli"), None);
+    }
+
+    #[test]
+    fn events_on_the_directory_ask_for_a_full_sync_and_others_name_files() {
+        let dir = Path::new("/specs");
+        let mut work = Work::default();
+        absorb(
+            Signal::Paths(vec![
+                "/specs/a.yaml".into(),
+                "/specs/.a.yaml.swp".into(),
+                "/specs/a.yaml~".into(),
+                "/specs/README.md".into(),
+                "/specs/sub/b.yaml".into(),
+                "/sibling.yaml".into(),
+            ]),
+            dir,
+            None,
+            &mut work,
+        );
+        assert_eq!(
+            work,
+            Work {
+                full: false,
+                names: ["a.yaml".to_string()].into()
+            }
+        );
+        absorb(Signal::Paths(vec!["/specs".into()]), dir, None, &mut work);
+        assert!(work.full);
+    }
+
+    #[test]
+    fn missing_directories_resolve_through_their_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let canon = tmp.path().canonicalize().unwrap();
+        let rel = tmp.path().join("x/../missing");
+        assert_eq!(
+            resolve_dir(&tmp.path().join("missing")),
+            canon.join("missing")
+        );
+        assert!(resolve_dir(&rel).is_absolute());
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        assert_eq!(resolve_dir(&tmp.path().join("d/.")), canon.join("d"));
+    }
+
+    #[test]
+    fn reading_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("a.yaml"), "x").unwrap();
+        std::fs::write(dir.join(".hidden.yaml"), "x").unwrap();
+        std::fs::create_dir(dir.join("d.yaml")).unwrap();
+        let full = read_files(
+            dir,
+            &Work {
+                full: true,
+                ..Work::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(full.len(), 1);
+        assert_eq!(
+            full[&source_of(&dir.join("a.yaml"))],
+            FileContent::Text("x".into())
+        );
+        let some = read_files(
+            dir,
+            &Work {
+                full: false,
+                names: ["gone.yaml".into(), "d.yaml".into()].into(),
+            },
+        )
+        .unwrap();
+        assert!(some.values().all(|c| *c == FileContent::Gone));
+        let missing = read_files(
+            &dir.join("nope"),
+            &Work {
+                full: true,
+                ..Work::default()
+            },
+        )
+        .unwrap();
+        assert!(missing.is_empty());
+    }
+}

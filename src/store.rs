@@ -1,0 +1,600 @@
+//! The Redis store of desired sessions and their status.
+//!
+//! ## Key layout (prefix `mcpo:<instance>`)
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<p>:objects` | hash | session name → Session JSON (without `resourceVersion`) |
+//! | `<p>:versions` | hash | session name → resourceVersion |
+//! | `<p>:rv` | string | the last resourceVersion handed out (a counter) |
+//! | `<p>:stream` | stream | one entry per write, id `<rv>-0`: `type`, `name`, `status`, `object` |
+//! | `<p>:log:<name>` | list | the session's recent events (JSON), newest first, capped |
+//! | `<p>:chat:<name>` | list | the chat history (Gemini `Content` JSON), oldest first, bounded |
+//! | `<p>:chat-bytes:<name>` | string | the byte size of that list |
+//! | `<p>:specfiles` | hash | specs-directory file (`file:<path>`) → its current problem (JSON event) |
+//!
+//! Every write is one Lua script: compare the stored resourceVersion with the caller's,
+//! increment the counter, write the object and append the change to the stream, atomically.
+//! A stale write fails with [`StoreError::Conflict`] and changes nothing. Because every write
+//! takes the next counter value and appends exactly one stream entry with that id, a watcher
+//! can resume from any resourceVersion with `XREAD` and detect a gap (trimmed stream, Redis
+//! restarted without persistence) by a jump in ids.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::resource::{Session, SessionStatus};
+
+/// Approximate number of change entries kept in the stream.
+const STREAM_MAXLEN: usize = 100_000;
+/// Number of events kept per session.
+const LOG_LEN: isize = 50;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis could not be reached or refused the command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No session has this name.
+    #[error("session {0:?} not found")]
+    NotFound(String),
+    /// A session with this name exists already.
+    #[error("session {0:?} already exists")]
+    AlreadyExists(String),
+    /// The caller's resourceVersion is stale.
+    #[error(
+        "conflict: session {name:?} was modified (resourceVersion is now {current}, the write expected {expected})"
+    )]
+    Conflict {
+        /// Session name.
+        name: String,
+        /// The caller's precondition.
+        expected: String,
+        /// The stored version.
+        current: String,
+    },
+    /// A stored value is not a valid Session.
+    #[error("stored session {name:?} is unreadable: {source}")]
+    Corrupt {
+        /// Session name.
+        name: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The watch fell behind the stream (trimmed) or the store was reset: relist.
+    #[error("watch position {0} is no longer available; relist")]
+    Gone(u64),
+}
+
+/// Kind of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Updated (spec, metadata or status).
+    Modified,
+    /// Deleted.
+    Deleted,
+}
+
+/// One change from the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchEvent {
+    /// The resourceVersion of the write.
+    pub revision: u64,
+    /// Kind of change.
+    pub kind: EventType,
+    /// Session name.
+    pub name: String,
+    /// True when only the status changed.
+    pub status_only: bool,
+    /// The object after the write (before it, for deletes), with its resourceVersion set.
+    pub object: Option<Session>,
+}
+
+/// A consistent list of every session and the revision it was taken at.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The sessions, sorted by name.
+    pub sessions: Vec<Session>,
+    /// The store revision; watch from here to see every later change.
+    pub revision: u64,
+}
+
+/// A recorded event about a session, shown by `describe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    /// When.
+    pub time: chrono::DateTime<Utc>,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// Detail.
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+struct Keys {
+    objects: String,
+    versions: String,
+    rv: String,
+    stream: String,
+    prefix: String,
+}
+
+/// The Redis store. Cheap to clone; reconnects by itself.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    con: ConnectionManager,
+    keys: Keys,
+    write: Script,
+}
+
+const WRITE_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+local mode = ARGV[2]
+if mode == 'create' then
+  if cur then return {'exists', cur} end
+elseif mode == '*' then
+  if not cur and ARGV[3] == 'delete' then return {'notfound', ''} end
+else
+  if not cur then return {'notfound', ''} end
+  if cur ~= mode then return {'conflict', cur} end
+end
+local rv = redis.call('INCR', KEYS[3])
+local id = rv .. '-0'
+if ARGV[3] == 'delete' then
+  local obj = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  redis.call('DEL', KEYS[6])
+  redis.call('DEL', KEYS[7])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', 'DELETED', 'name', ARGV[1], 'status', '0', 'object', obj)
+else
+  local t = 'ADDED'
+  if cur then t = 'MODIFIED' end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[1], rv)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', t, 'name', ARGV[1], 'status', ARGV[5], 'object', ARGV[4])
+end
+return {'ok', tostring(rv)}
+"#;
+
+enum Mode<'a> {
+    Create,
+    Expect(&'a str),
+    Any,
+}
+
+impl Store {
+    /// Connect to `url` and use the key prefix `mcpo:<instance>`.
+    pub async fn connect(url: &str, instance: &str) -> Result<Store, StoreError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_max_delay(Duration::from_secs(2));
+        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let prefix = format!("mcpo:{instance}");
+        Ok(Store {
+            client,
+            con,
+            keys: Keys {
+                objects: format!("{prefix}:objects"),
+                versions: format!("{prefix}:versions"),
+                rv: format!("{prefix}:rv"),
+                stream: format!("{prefix}:stream"),
+                prefix,
+            },
+            write: Script::new(WRITE_LUA),
+        })
+    }
+
+    /// Is Redis answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        Ok(())
+    }
+
+    /// The current store revision (the last resourceVersion handed out).
+    pub async fn revision(&self) -> Result<u64, StoreError> {
+        let mut con = self.con.clone();
+        let rv: Option<u64> = con.get(&self.keys.rv).await?;
+        Ok(rv.unwrap_or(0))
+    }
+
+    /// The chat history keys of a session: the list of turns and its byte counter.
+    pub fn chat_keys(&self, name: &str) -> (String, String) {
+        (
+            format!("{}:chat:{name}", self.keys.prefix),
+            format!("{}:chat-bytes:{name}", self.keys.prefix),
+        )
+    }
+
+    /// A command connection (reconnecting) for modules that keep their own keys here.
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    fn log_key(&self, name: &str) -> String {
+        format!("{}:log:{name}", self.keys.prefix)
+    }
+
+    fn decode(name: &str, json: &str, rv: &str) -> Result<Session, StoreError> {
+        let mut s: Session = serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+            name: name.to_string(),
+            source,
+        })?;
+        s.metadata.resource_version = Some(rv.to_string());
+        Ok(s)
+    }
+
+    fn encode(session: &Session) -> String {
+        let mut s = session.clone();
+        s.metadata.resource_version = None;
+        serde_json::to_string(&s).unwrap_or_default()
+    }
+
+    /// One session by name.
+    pub async fn get(&self, name: &str) -> Result<Option<Session>, StoreError> {
+        let mut con = self.con.clone();
+        let (json, rv): (Option<String>, Option<String>) = redis::pipe()
+            .atomic()
+            .hget(&self.keys.objects, name)
+            .hget(&self.keys.versions, name)
+            .query_async(&mut con)
+            .await?;
+        match (json, rv) {
+            (Some(json), Some(rv)) => Ok(Some(Self::decode(name, &json, &rv)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every session, and the revision the list was taken at.
+    pub async fn list(&self) -> Result<Snapshot, StoreError> {
+        let mut con = self.con.clone();
+        let (objects, versions, rv): (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            Option<u64>,
+        ) = redis::pipe()
+            .atomic()
+            .hgetall(&self.keys.objects)
+            .hgetall(&self.keys.versions)
+            .get(&self.keys.rv)
+            .query_async(&mut con)
+            .await?;
+        let mut sessions = Vec::with_capacity(objects.len());
+        for (name, json) in &objects {
+            if let Some(v) = versions.get(name) {
+                sessions.push(Self::decode(name, json, v)?);
+            }
+        }
+        sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Ok(Snapshot {
+            sessions,
+            revision: rv.unwrap_or(0),
+        })
+    }
+
+    async fn write(
+        &self,
+        name: &str,
+        mode: Mode<'_>,
+        delete: bool,
+        json: &str,
+        status_only: bool,
+    ) -> Result<String, StoreError> {
+        let mut con = self.con.clone();
+        let mode_arg = match mode {
+            Mode::Create => "create",
+            Mode::Any => "*",
+            Mode::Expect(rv) => rv,
+        };
+        let (outcome, value): (String, String) = self
+            .write
+            .key(&self.keys.objects)
+            .key(&self.keys.versions)
+            .key(&self.keys.rv)
+            .key(&self.keys.stream)
+            .key(self.log_key(name))
+            .key(self.chat_keys(name).0)
+            .key(self.chat_keys(name).1)
+            .arg(name)
+            .arg(mode_arg)
+            .arg(if delete { "delete" } else { "put" })
+            .arg(json)
+            .arg(if status_only { "1" } else { "0" })
+            .arg(STREAM_MAXLEN)
+            .invoke_async(&mut con)
+            .await?;
+        match outcome.as_str() {
+            "ok" => Ok(value),
+            "exists" => Err(StoreError::AlreadyExists(name.to_string())),
+            "notfound" => Err(StoreError::NotFound(name.to_string())),
+            _ => Err(StoreError::Conflict {
+                name: name.to_string(),
+                expected: mode_arg.to_string(),
+                current: value,
+            }),
+        }
+    }
+
+    /// Store a new session. Sets uid, generation 1 and creationTimestamp; drops any status.
+    pub async fn create(&self, session: &Session) -> Result<Session, StoreError> {
+        let mut s = session.clone();
+        s.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
+        s.metadata.generation = Some(1);
+        s.metadata.creation_timestamp = Some(Utc::now());
+        s.status = None;
+        let rv = self
+            .write(s.name(), Mode::Create, false, &Self::encode(&s), false)
+            .await?;
+        s.metadata.resource_version = Some(rv);
+        Ok(s)
+    }
+
+    /// The stored session and its version, which must equal `expected` when one is given.
+    async fn current_at(
+        &self,
+        name: &str,
+        expected: Option<&str>,
+    ) -> Result<(Session, String), StoreError> {
+        let current = self
+            .get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let current_rv = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
+        match expected {
+            Some(want) if want != current_rv => Err(StoreError::Conflict {
+                name: name.to_string(),
+                expected: want.to_string(),
+                current: current_rv,
+            }),
+            _ => Ok((current, current_rv)),
+        }
+    }
+
+    /// Replace a session's metadata (labels, annotations) and spec. The precondition is
+    /// `session.metadata.resourceVersion`, or the current version when it is unset
+    /// (last write wins, still atomic). uid, creationTimestamp and status are kept;
+    /// generation is bumped when the spec changed. A no-op update writes nothing.
+    pub async fn update(&self, session: &Session) -> Result<Session, StoreError> {
+        let name = session.name();
+        let (current, current_rv) = self
+            .current_at(name, session.metadata.resource_version.as_deref())
+            .await?;
+        let expected = current_rv.clone();
+        let mut next = session.clone();
+        next.metadata.uid = current.metadata.uid.clone();
+        next.metadata.creation_timestamp = current.metadata.creation_timestamp;
+        next.metadata.resource_version = Some(current_rv.clone());
+        next.status = current.status.clone();
+        next.metadata.generation =
+            Some(current.generation() + i64::from(next.spec != current.spec));
+        if next == current {
+            return Ok(current);
+        }
+        let rv = self
+            .write(
+                name,
+                Mode::Expect(&expected),
+                false,
+                &Self::encode(&next),
+                false,
+            )
+            .await?;
+        next.metadata.resource_version = Some(rv);
+        Ok(next)
+    }
+
+    /// Replace a session's status, if it is still at `resource_version`.
+    pub async fn update_status(
+        &self,
+        name: &str,
+        resource_version: &str,
+        status: &SessionStatus,
+    ) -> Result<Session, StoreError> {
+        let (mut current, _) = self.current_at(name, Some(resource_version)).await?;
+        current.status = Some(status.clone());
+        let rv = self
+            .write(
+                name,
+                Mode::Expect(resource_version),
+                false,
+                &Self::encode(&current),
+                true,
+            )
+            .await?;
+        current.metadata.resource_version = Some(rv);
+        Ok(current)
+    }
+
+    /// Delete a session, if it is at `resource_version` (any version when `None`). Returns the
+    /// deleted object.
+    pub async fn delete(
+        &self,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> Result<Session, StoreError> {
+        let current = self
+            .get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let mode = match resource_version {
+            Some(rv) => Mode::Expect(rv),
+            None => Mode::Any,
+        };
+        self.write(name, mode, true, "", false).await?;
+        Ok(current)
+    }
+
+    /// Append an event to the session's log (kept for `describe`).
+    pub async fn record_event(&self, name: &str, event: &SessionEvent) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let key = self.log_key(name);
+        let json = serde_json::to_string(event).unwrap_or_default();
+        let _: () = redis::pipe()
+            .lpush(&key, json)
+            .ignore()
+            .ltrim(&key, 0, LOG_LEN - 1)
+            .ignore()
+            .query_async(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    fn spec_files_key(&self) -> String {
+        format!("{}:specfiles", self.keys.prefix)
+    }
+
+    /// Record the current problem of a specs-directory file (an invalid file, a conflict
+    /// with a session of another source), keyed by its source (`file:<path>`), or clear it
+    /// with `None`. Kept in the hash `<p>:specfiles` until the file is fixed or removed.
+    pub async fn set_spec_file_problem(
+        &self,
+        source: &str,
+        problem: Option<&SessionEvent>,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let key = self.spec_files_key();
+        match problem {
+            Some(p) => {
+                let json = serde_json::to_string(p).unwrap_or_default();
+                let _: () = con.hset(key, source, json).await?;
+            }
+            None => {
+                let _: () = con.hdel(key, source).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every specs-directory file with a current problem, by source (`file:<path>`).
+    pub async fn spec_file_problems(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, SessionEvent>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: HashMap<String, String> = con.hgetall(self.spec_files_key()).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|e| (k, e)))
+            .collect())
+    }
+
+    /// The session's recent events, oldest first.
+    pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: Vec<String> = con.lrange(self.log_key(name), 0, LOG_LEN - 1).await?;
+        let mut out: Vec<SessionEvent> = raw
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Start watching changes after `revision` (as returned by [`Store::list`] or carried in a
+    /// resourceVersion).
+    pub async fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(None);
+        let con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Watch {
+            con,
+            stream: self.keys.stream.clone(),
+            last: revision,
+        })
+    }
+}
+
+/// A position in the change stream. [`Watch::next_batch`] blocks until changes arrive.
+pub struct Watch {
+    con: MultiplexedConnection,
+    stream: String,
+    last: u64,
+}
+
+impl Watch {
+    /// The revision of the last event returned.
+    pub fn revision(&self) -> u64 {
+        self.last
+    }
+
+    /// Wait up to `block` for changes after the current position. Returns an empty batch on
+    /// timeout, [`StoreError::Gone`] when changes were lost (trimmed or reset store).
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, StoreError> {
+        let opts = StreamReadOptions::default()
+            .block(block.as_millis().max(1) as usize)
+            .count(1000);
+        let id = format!("{}-0", self.last);
+        let reply: Option<StreamReadReply> = self
+            .con
+            .xread_options(&[&self.stream], &[&id], &opts)
+            .await?;
+        let mut out = Vec::new();
+        let Some(reply) = reply else {
+            return Ok(out);
+        };
+        for key in reply.keys {
+            for entry in key.ids {
+                let revision: u64 = entry
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if revision != self.last + 1 {
+                    return Err(StoreError::Gone(self.last));
+                }
+                self.last = revision;
+                let field = |k: &str| match entry.map.get(k) {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(Value::SimpleString(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let name = field("name");
+                let kind = match field("type").as_str() {
+                    "ADDED" => EventType::Added,
+                    "DELETED" => EventType::Deleted,
+                    _ => EventType::Modified,
+                };
+                let json = field("object");
+                let object = if json.is_empty() {
+                    None
+                } else {
+                    Some(Store::decode(&name, &json, &revision.to_string())?)
+                };
+                out.push(WatchEvent {
+                    revision,
+                    kind,
+                    name,
+                    status_only: field("status") == "1",
+                    object,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

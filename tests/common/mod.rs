@@ -1,0 +1,461 @@
+//! Shared harness for the integration tests: a real redis-server per test, the real Docker
+//! engine, the real `mcp-orchestrator` binary. Nothing is mocked. Missing Redis or Docker
+//! fails the test loudly; everything a test starts is labelled and removed on drop.
+#![allow(dead_code)]
+
+pub mod gemini;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mcp_orchestrator::runtime::Runtime;
+use mcp_orchestrator::store::Store;
+
+/// The orchestrator binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-orchestrator");
+/// Label put on every container a test creates by hand.
+pub const TEST_LABEL: &str = "orchestrator.mcp.dev/test-run";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn docker_bin() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
+}
+
+/// Run `docker ARGS`, panicking with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new(docker_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker: {e}. Docker is required for these tests."));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The sandbox image, built once per test process by `scripts/build-mcp-image` (idempotent).
+pub fn sandbox_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let info = Command::new(docker_bin()).arg("info").output();
+        match info {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "the Docker engine is not answering; these tests need it: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("docker is not installed; these tests need it: {e}"),
+        }
+        let image = std::env::var("MCP_IMAGE").unwrap_or_else(|_| "mcp-server:latest".into());
+        let out = Command::new(root().join("scripts/build-mcp-image"))
+            .env("MCP_IMAGE", &image)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cannot run scripts/build-mcp-image");
+        assert!(out.status.success(), "scripts/build-mcp-image failed");
+        image
+    })
+}
+
+/// A redis-server on a free port, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Start one (AOF on, so a restart keeps acknowledged writes).
+    pub fn start() -> Redis {
+        let port = free_port();
+        Self::start_on(port, tempfile::tempdir().unwrap())
+    }
+
+    fn start_on(port: u16, dir: tempfile::TempDir) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it (apt-get install redis-server)")
+            });
+        let r = Redis { child, port, dir };
+        wait_until(
+            Duration::from_secs(5),
+            "redis-server to accept connections",
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it and start it again on the same port and data directory.
+    pub fn restart(self) -> Redis {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        let _ = me.child.kill();
+        let _ = me.child.wait();
+        let port = me.port;
+        // SAFETY-free move out of ManuallyDrop: take the dir by replacing it.
+        let dir = std::mem::replace(&mut me.dir, tempfile::tempdir().unwrap());
+        Self::start_on(port, dir)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it is true, or panic after `limit` naming what was awaited.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One isolated environment: its own Redis, its own orchestrator instance (key prefix and
+/// container labels), and the real binary.
+pub struct Env {
+    pub redis: Option<Redis>,
+    pub instance: String,
+    pub image: String,
+    pub orchestrator: Option<Child>,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub extra_env: Vec<(String, String)>,
+    /// The HTTP port `serve` listens on (loopback, unless a test changes LISTEN_ADDR).
+    pub port: u16,
+}
+
+impl Env {
+    /// A fresh environment; the orchestrator is not started yet.
+    pub fn new() -> Env {
+        let image = sandbox_image().to_string();
+        let redis = Redis::start();
+        let instance = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let dir = tempfile::tempdir().unwrap();
+        Env {
+            log: dir.path().join("orchestrator.log"),
+            redis: Some(redis),
+            instance,
+            image,
+            orchestrator: None,
+            dir,
+            extra_env: Vec::new(),
+            port: free_port(),
+        }
+    }
+
+    /// Base URL of the HTTP API.
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Redis URL.
+    pub fn redis_url(&self) -> String {
+        self.redis.as_ref().unwrap().url()
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("REDIS_URL", self.redis_url())
+            .env("ORCHESTRATOR_INSTANCE", &self.instance)
+            .env("PORT", self.port.to_string())
+            .env_remove("ORCHESTRATOR_TOKEN")
+            .env_remove("ORCHESTRATOR_URL")
+            .env("ALLOWED_IMAGES", "mcp-server:*")
+            .env("LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Start `serve` with extra flags; its log goes to `self.log` (appended).
+    pub fn start_orchestrator(&mut self, flags: &[&str]) {
+        self.start_orchestrator_waiting_for(flags, "resync sessions")
+    }
+
+    /// Start `serve` and wait until its log shows `marker` once more than before.
+    pub fn start_orchestrator_waiting_for(&mut self, flags: &[&str], marker: &str) {
+        assert!(self.orchestrator.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .command()
+            .arg("serve")
+            .args(flags)
+            .env("RUST_LOG", "mcp_orchestrator=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start the orchestrator");
+        self.orchestrator = Some(child);
+        let before = self.log_text().matches(marker).count();
+        wait_until(
+            Duration::from_secs(15),
+            "the orchestrator's first resync",
+            || self.log_text().matches(marker).count() > before,
+        );
+    }
+
+    /// SIGKILL the orchestrator.
+    pub fn kill_orchestrator(&mut self) {
+        if let Some(mut c) = self.orchestrator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the orchestrator and wait for it to exit; returns its exit status.
+    pub fn stop_orchestrator(&mut self) -> std::process::ExitStatus {
+        let mut c = self.orchestrator.take().expect("not running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "orchestrator did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The orchestrator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run the CLI with `args` (and optional stdin).
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = self.command();
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("cannot run the CLI");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    }
+
+    /// Run the CLI and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args, None);
+        assert!(
+            out.status.success(),
+            "mcp-orchestrator {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Apply YAML text through stdin.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        let out = self.cli(&["apply", "-f", "-"], Some(yaml));
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A store client for this environment.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.redis_url(), &self.instance)
+            .await
+            .expect("connect to the test redis")
+    }
+
+    /// A Docker client scoped to this environment's instance.
+    pub async fn runtime(&self) -> Runtime {
+        Runtime::connect(&self.instance)
+            .await
+            .expect("the Docker engine is required for these tests")
+    }
+
+    /// Ids of this instance's containers for `session` as `(id, state)`, via the docker CLI.
+    pub fn containers(&self, session: &str) -> Vec<(String, String)> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/instance={}", self.instance),
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/session={session}"),
+            "--format",
+            "{{.ID}} {{.State}}",
+        ]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let mut it = l.split_whitespace();
+                (
+                    it.next().unwrap_or_default().to_string(),
+                    it.next().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Wait until exactly one running container serves `session`; returns its id.
+    pub fn wait_running(&self, session: &str, limit: Duration) -> String {
+        let mut id = String::new();
+        wait_until(
+            limit,
+            &format!("one running container for {session}"),
+            || {
+                let c = self.containers(session);
+                if c.len() == 1 && c[0].1 == "running" {
+                    id = c[0].0.clone();
+                    true
+                } else {
+                    false
+                }
+            },
+        );
+        id
+    }
+
+    /// The session as JSON (`get NAME -o json`), or None when absent.
+    pub fn get_json(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["get", name, "-o", "json"], None);
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("get -o json prints JSON"))
+    }
+
+    /// Wait until the session's status says Running with `container` as its container.
+    pub fn wait_status(
+        &self,
+        name: &str,
+        limit: Duration,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_until(limit, &format!("status of {name}"), || {
+            if let Some(v) = self.get_json(name) {
+                last = v;
+                f(&last["status"])
+            } else {
+                false
+            }
+        });
+        last
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_orchestrator();
+        // Twice: a create the killed orchestrator had in flight can land after the first pass.
+        for pass in 0..2 {
+            if pass == 1 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            self.remove_containers();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- orchestrator log ---\n{}", self.log_text());
+        }
+    }
+}
+
+impl Env {
+    fn remove_containers(&self) {
+        for label in [
+            format!("label=orchestrator.mcp.dev/instance={}", self.instance),
+            format!("label={TEST_LABEL}={}", self.instance),
+        ] {
+            let ids = Command::new(docker_bin())
+                .args(["ps", "-aq", "--filter", &label])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new(docker_bin())
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// A minimal session manifest.
+pub fn session_yaml(name: &str, image: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra_spec}"
+    )
+}

@@ -1,0 +1,777 @@
+//! The HTTP API over real HTTP against a real `serve`, with real Redis and Docker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+
+fn session(name: &str, image: &str) -> Value {
+    json!({
+        "apiVersion": "orchestrator.mcp.dev/v1",
+        "kind": "Session",
+        "metadata": {"name": name, "labels": {"team": "a"}},
+        "spec": {"image": image}
+    })
+}
+
+async fn err_body(r: reqwest::Response, code: u16) -> Value {
+    assert_eq!(r.status().as_u16(), code, "unexpected status");
+    let v: Value = r.json().await.expect("error bodies are JSON");
+    assert_eq!(v["code"], code);
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(v["details"].is_object(), "{v}");
+    v
+}
+
+/// Server-Sent Events as (event, id, data) triples.
+struct Sse {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(c: &Client, url: &str) -> Sse {
+        let r = c.get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Sse {
+            stream: r.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, String, Value) {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev = v.trim().into()
+                    }
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().into()
+                    }
+                    if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim())
+                    }
+                }
+                if ev.is_empty() && data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (ev, id, serde_json::from_str(&data).unwrap_or(Value::Null));
+            }
+            let chunk = tokio::time::timeout(T, self.stream.next())
+                .await
+                .expect("an SSE event in time")
+                .expect("stream open")
+                .unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next event about `name` that is not a status-only change.
+    async fn next_for(
+        &mut self,
+        name: &str,
+        skip_status: &mut Option<Value>,
+    ) -> (String, String, Value) {
+        loop {
+            let (ev, id, obj) = self.next().await;
+            if obj["metadata"]["name"] != name {
+                continue;
+            }
+            // The controller's status writes are MODIFIED events too; skip those that only
+            // changed status.
+            let mut spec_view = obj.clone();
+            spec_view.as_object_mut().unwrap().remove("status");
+            spec_view["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("resourceVersion");
+            if ev == "MODIFIED" && skip_status.as_ref() == Some(&spec_view) {
+                continue;
+            }
+            *skip_status = Some(spec_view);
+            return (ev, id, obj);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crud_patches_and_errors() {
+    let mut env = Env::new();
+    env.start_orchestrator(&[]);
+    let c = Client::new();
+    let api = format!("{}/api/v1/sessions", env.api());
+
+    let r = c
+        .post(&api)
+        .json(&session("web", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(
+        created["metadata"]["annotations"]["orchestrator.mcp.dev/source"],
+        "api"
+    );
+    let rv1 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    err_body(
+        c.post(&api)
+            .json(&session("web", &env.image))
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+
+    let got: Value = c
+        .get(format!("{api}/web"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["metadata"]["uid"], created["metadata"]["uid"]);
+    let list: Value = c.get(&api).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let none: Value = c
+        .get(format!("{api}?labelSelector=team%3Db"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+    err_body(
+        c.get(format!("{api}?labelSelector=a%20in%20b"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+
+    // PUT replaces (and creates when absent); the header says what happened.
+    let mut body = session("web", &env.image);
+    body["spec"]["env"] = json!({"MODE": "x"});
+    let r = c
+        .put(format!("{api}/web"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-apply-result"], "configured");
+    let put: Value = r.json().await.unwrap();
+    assert_eq!(put["metadata"]["generation"], 2);
+    let r = c
+        .put(format!("{api}/other"))
+        .json(&session("other", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Stale precondition in the body and in If-Match → 409 with the current version.
+    let mut stale = body.clone();
+    stale["metadata"]["resourceVersion"] = json!(rv1);
+    stale["spec"]["env"] = json!({"MODE": "stale"});
+    let v = err_body(
+        c.put(format!("{api}/web"))
+            .json(&stale)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(
+        v["details"]["resourceVersion"],
+        put["metadata"]["resourceVersion"]
+    );
+    let v = err_body(
+        c.patch(format!("{api}/web"))
+            .header("content-type", "application/merge-patch+json")
+            .header("if-match", format!("\"{rv1}\""))
+            .body(r#"{"spec":{"env":{"MODE":"late"}}}"#)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(
+        v["details"]["resourceVersion"],
+        put["metadata"]["resourceVersion"]
+    );
+
+    // Merge patch and JSON patch (with a passing test op).
+    let r = c
+        .patch(format!("{api}/web"))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"spec":{"env":{"MODE":null,"LEVEL":"2"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["spec"]["env"], json!({"LEVEL": "2"}));
+    let r = c.patch(format!("{api}/web"))
+        .header("content-type", "application/json-patch+json")
+        .body(r#"[{"op":"test","path":"/spec/env/LEVEL","value":"2"},{"op":"replace","path":"/spec/env/LEVEL","value":"3"}]"#)
+        .send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // A failing test op → 409, nothing changed.
+    let v = err_body(
+        c.patch(format!("{api}/web"))
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"test","path":"/spec/env/LEVEL","value":"2"},{"op":"replace","path":"/spec/env/LEVEL","value":"9"}]"#)
+            .send().await.unwrap(),
+        409,
+    ).await;
+    assert_eq!(v["reason"], "TestFailed");
+    let now: Value = c
+        .get(format!("{api}/web"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(now["spec"]["env"]["LEVEL"], "3");
+
+    // 415, 422 with field paths, 413, 404.
+    err_body(
+        c.patch(format!("{api}/web"))
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    err_body(
+        c.post(&api)
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    let mut bad = session("evil", &env.image);
+    bad["spec"]["privileged"] = json!(true);
+    bad["spec"]["networkMode"] = json!("host");
+    let v = err_body(c.post(&api).json(&bad).send().await.unwrap(), 422).await;
+    let fields: Vec<&str> = v["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["spec.privileged", "spec.networkMode"]);
+    let mut unknown = session("odd", &env.image);
+    unknown["spec"]["volumes"] = json!(["/:/host"]);
+    let v = err_body(c.post(&api).json(&unknown).send().await.unwrap(), 422).await;
+    assert!(
+        v["message"].as_str().unwrap().contains("spec.volumes"),
+        "{v}"
+    );
+    let v = err_body(
+        c.patch(format!("{api}/web"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"spec":{"image":"alpine:3"}}"#)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.image");
+    assert_eq!(v["details"]["causes"][0]["reason"], "ImageNotAllowed");
+    let mut huge = session("huge", &env.image);
+    huge["spec"]["env"] = json!({"BIG": "x".repeat(1_100_000)});
+    err_body(c.post(&api).json(&huge).send().await.unwrap(), 413).await;
+    err_body(c.get(format!("{api}/nope")).send().await.unwrap(), 404).await;
+    err_body(
+        c.get(format!("{}/api/v1/nothing-here", env.api()))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert!(
+        c.get(format!("{api}/evil")).send().await.unwrap().status() == 404,
+        "nothing written"
+    );
+
+    // Status subresource and delete.
+    let st: Value = c
+        .get(format!("{api}/web/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(st["phase"].is_string());
+    let r = c.delete(format!("{api}/web")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    err_body(c.delete(format!("{api}/web")).send().await.unwrap(), 404).await;
+    err_body(c.get(format!("{api}/web")).send().await.unwrap(), 404).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_conflicting_patches_lose_nothing() {
+    let mut env = Env::new();
+    env.start_orchestrator(&[]);
+    let c = Client::new();
+    let api = format!("{}/api/v1/sessions", env.api());
+    let mut s = session("busy", &env.image);
+    s["metadata"]["labels"]["n"] = json!("0");
+    assert_eq!(c.post(&api).json(&s).send().await.unwrap().status(), 201);
+
+    // 100 compare-and-increment patches at once: each succeeds or gets 409.
+    let tasks = (0..100).map(|_| {
+        let c = c.clone();
+        let url = format!("{api}/busy");
+        tokio::spawn(async move {
+            let cur: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+            let n: u64 = cur["metadata"]["labels"]["n"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let patch = json!([
+                {"op": "test", "path": "/metadata/labels/n", "value": n.to_string()},
+                {"op": "replace", "path": "/metadata/labels/n", "value": (n + 1).to_string()}
+            ]);
+            c.patch(&url)
+                .header("content-type", "application/json-patch+json")
+                .body(patch.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let codes: Vec<u16> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(codes.iter().all(|c| *c == 200 || *c == 409), "{codes:?}");
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let cur: Value = c
+        .get(format!("{api}/busy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cur["metadata"]["labels"]["n"],
+        ok.to_string(),
+        "every applied increment is there"
+    );
+    assert!(ok >= 1);
+
+    // 100 merge patches without preconditions, each adding its own key: all land.
+    let tasks = (0..100).map(|i| {
+        let c = c.clone();
+        let url = format!("{api}/busy");
+        tokio::spawn(async move {
+            c.patch(&url)
+                .header("content-type", "application/merge-patch+json")
+                .body(json!({"spec": {"env": {format!("K{i}"): "v"}}}).to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let codes: Vec<u16> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(codes.iter().all(|c| *c == 200 || *c == 409), "{codes:?}");
+    let applied = codes.iter().filter(|c| **c == 200).count();
+    let cur: Value = c
+        .get(format!("{api}/busy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cur["spec"]["env"].as_object().unwrap().len(),
+        applied,
+        "no applied update was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_streams_in_order_resumes_and_wait_returns_running() {
+    let mut env = Env::new();
+    env.start_orchestrator(&[]);
+    let c = Client::new();
+    let api = format!("{}/api/v1/sessions", env.api());
+
+    // Acquire: create and get it back once its sandbox runs.
+    let r = c
+        .post(format!("{api}?wait=Running&timeout=30s"))
+        .json(&session("w1", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"]["phase"], "Running", "{v}");
+    let cid = v["status"]["containerId"].as_str().unwrap().to_string();
+    assert_eq!(env.containers("w1")[0].0, cid);
+
+    let mut sse = Sse::open(&c, &format!("{api}?watch=true&labelSelector=team%3Da")).await;
+    let mut seen = None;
+    let (ev, _, obj) = sse.next_for("w1", &mut seen).await;
+    assert_eq!(
+        (ev.as_str(), obj["metadata"]["name"].as_str()),
+        ("ADDED", Some("w1"))
+    );
+
+    let created: Value = c
+        .post(&api)
+        .json(&session("w2", &env.image))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rv_created: u64 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    c.patch(format!("{api}/w2"))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"spec":{"env":{"A":"1"}}}"#)
+        .send()
+        .await
+        .unwrap();
+    c.delete(format!("{api}/w2")).send().await.unwrap();
+    let mut seen = None;
+    let mut got = Vec::new();
+    let mut last_id = 0u64;
+    while got.len() < 3 {
+        let (ev, id, obj) = sse.next_for("w2", &mut seen).await;
+        let id: u64 = id.parse().unwrap();
+        assert!(id > last_id, "events arrive in resourceVersion order");
+        last_id = id;
+        got.push((ev, obj["spec"]["env"]["A"].clone()));
+    }
+    assert_eq!(got[0].0, "ADDED");
+    assert_eq!(got[1], ("MODIFIED".to_string(), json!("1")));
+    assert_eq!(got[2].0, "DELETED");
+
+    // Resume after the create: the patch and the delete are replayed, nothing before.
+    let mut resumed = Sse::open(
+        &c,
+        &format!("{api}/w2?watch=true&resourceVersion={rv_created}"),
+    )
+    .await;
+    let mut seen = Some({
+        let mut v = created.clone();
+        v.as_object_mut().unwrap().remove("status");
+        v["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        v
+    });
+    let (ev, id, _) = resumed.next_for("w2", &mut seen).await;
+    assert_eq!(ev, "MODIFIED");
+    assert!(id.parse::<u64>().unwrap() > rv_created);
+    let (ev, _, _) = resumed.next_for("w2", &mut seen).await;
+    assert_eq!(ev, "DELETED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_operations_endpoints_and_listen_rules() {
+    let mut env = Env::new();
+    env.extra_env
+        .push(("ORCHESTRATOR_TOKEN".into(), "s3cret-token".into()));
+    env.start_orchestrator(&["--listen", &format!("127.0.0.1:{}", env.port)]);
+    let c = Client::new();
+    let api = format!("{}/api/v1/sessions", env.api());
+    let v = err_body(c.get(&api).send().await.unwrap(), 401).await;
+    assert_eq!(v["reason"], "Unauthorized");
+    err_body(c.get(&api).bearer_auth("wrong").send().await.unwrap(), 401).await;
+    err_body(
+        c.get(format!("{}/metrics", env.api()))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_eq!(
+        c.get(&api)
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        !env.log_text().contains("s3cret-token"),
+        "the token must never be logged"
+    );
+
+    assert_eq!(
+        c.get(format!("{}/healthz", env.api()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    wait_until(T, "readyz", || {
+        std::process::Command::new("curl")
+            .args(["-sf", &format!("{}/readyz", env.api())])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+
+    // Metrics parse as Prometheus text and carry what operators need.
+    let r = c
+        .post(&api)
+        .bearer_auth("s3cret-token")
+        .json(&session("m1", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    env.wait_running("m1", T);
+    let text = c
+        .get(format!("{}/metrics", env.api()))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Result<String, std::io::Error>> =
+        text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("valid Prometheus text");
+    let names: std::collections::HashSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for m in [
+        "mcpo_reconciles_total",
+        "mcpo_queue_depth",
+        "mcpo_reconcile_duration_seconds",
+        "mcpo_sessions",
+        "mcpo_container_restarts_total",
+        "mcpo_docker_errors_total",
+        "mcpo_redis_errors_total",
+    ] {
+        assert!(names.contains(m), "metrics lack {m}:\n{text}");
+    }
+    let running = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "mcpo_sessions" && s.labels.get("phase") == Some("Running"))
+        .unwrap();
+    assert!(
+        matches!(running.value, prometheus_parse::Value::Gauge(v) if v >= 1.0),
+        "{text}"
+    );
+
+    // The OpenAPI document is generated, includes the Session schema, and validates.
+    let doc = c
+        .get(format!("{}/openapi.json", env.api()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&doc).unwrap();
+    assert!(v["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(v["components"]["schemas"]["Session"].is_object());
+    assert!(v["paths"]["/api/v1/sessions/{name}"]["patch"].is_object());
+    let path = env.dir.path().join("openapi.json");
+    std::fs::write(&path, &doc).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator", path.to_str().unwrap()])
+        .output()
+        .expect("python3 is required");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator (pip install openapi-spec-validator) rejected the document: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.stop_orchestrator();
+
+    // Without a token: loopback only, said in the log; anything else needs --insecure.
+    env.extra_env.clear();
+    let out = env.cli(
+        &["serve", "--listen", &format!("0.0.0.0:{}", free_port())],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without ORCHESTRATOR_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.start_orchestrator(&[]);
+    assert!(env.log_text().contains("listens on loopback only"));
+}
+
+#[test]
+fn the_cli_talks_to_the_api_with_server() {
+    let mut env = Env::new();
+    env.extra_env
+        .push(("ORCHESTRATOR_TOKEN".into(), "cli-token".into()));
+    env.start_orchestrator(&[]);
+    let server = env.api();
+    // The CLI must not need Redis in this mode: point REDIS_URL at nothing.
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let run = |args: &[&str], token: &str, stdin: Option<&str>| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--server", &server])
+            .args(args)
+            .env("REDIS_URL", &dead_redis)
+            .env("ORCHESTRATOR_TOKEN", token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let ok = |args: &[&str], stdin: Option<&str>| {
+        let out = run(args, "cli-token", stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let yaml = session_yaml("remote", &env.image, "");
+    let out = ok(
+        &["apply", "-f", "-", "--wait", "--timeout", "30s"],
+        Some(&yaml),
+    );
+    assert!(
+        out.contains("session/remote created") && out.contains("session/remote Running"),
+        "{out}"
+    );
+    assert!(ok(&["apply", "-f", "-"], Some(&yaml)).contains("session/remote unchanged"));
+    let table = ok(&["get"], None);
+    assert!(
+        table.contains("remote") && table.contains("Running"),
+        "{table}"
+    );
+    let out = ok(
+        &["patch", "remote", "-p", r#"{"spec":{"env":{"A":"1"}}}"#],
+        None,
+    );
+    assert_eq!(out.trim(), "session/remote patched");
+    // The patch recreates the sandbox; describe shows the new one once it runs.
+    let mut d = String::new();
+    wait_until(T, "describe to show the recreated container", || {
+        d = ok(&["describe", "remote"], None);
+        d.contains("Network:     none") && d.contains("Observed Generation: 2")
+    });
+    assert!(d.contains("Provisioned") && d.contains("Removed"), "{d}");
+    let out = ok(&["delete", "remote"], None);
+    assert_eq!(out.trim(), "session/remote deleted");
+
+    let bad = run(&["get"], "wrong", None);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    let invalid = run(
+        &["apply", "-f", "-"],
+        "cli-token",
+        Some(&session_yaml("x", "alpine:3", "")),
+    );
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("spec.image"),
+        "client-side admission"
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_secrets() {
+    let mut env = Env::new();
+    env.extra_env.push(("LOG_FORMAT".into(), "json".into()));
+    env.extra_env
+        .push(("ORCHESTRATOR_TOKEN".into(), "do-not-log-me".into()));
+    env.start_orchestrator_waiting_for(&[], "store listed");
+    env.apply_yaml(&session_yaml("logged", &env.image, ""));
+    env.wait_running("logged", T);
+    wait_until(T, "the provisioned log line", || {
+        env.log_text().contains("Session provisioned")
+    });
+    let text = env.log_text();
+    let mut provisioned = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        if v["message"] == "Session provisioned" {
+            provisioned = Some(v);
+        }
+    }
+    let p = provisioned.expect("a Session provisioned line");
+    assert_eq!(p["session"], "logged");
+    assert!(p["container_id"].as_str().unwrap().len() == 64);
+    assert!(!text.contains("do-not-log-me"));
+}
