@@ -100,6 +100,24 @@ fn no_containers(env: &Env, session: &str) {
     });
 }
 
+/// Poll `read` until `ok` holds on what it returns: the events and the per-file problem
+/// records are written just after the sessions and the log line, not atomically with them.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut read: impl FnMut() -> F,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let t0 = Instant::now();
+    loop {
+        let v = read().await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(t0.elapsed() < REFLECTED, "{what}: {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn events(env: &Env, name: &str) -> Vec<(String, String, String)> {
     env.store()
         .await
@@ -241,15 +259,25 @@ async fn an_invalid_file_is_reported_and_changes_nothing() {
         beta_desired,
         "beta untouched"
     );
-    let ev = events(&env, "alpha").await;
-    assert!(
-        ev.iter().any(|(t, r, m)| t == "Warning"
-            && r == "InvalidSpecFile"
-            && m.contains("document 1: spec.privileged")),
-        "{ev:?}"
-    );
-    let p = problems(&env).await;
-    assert_eq!(p[&specs.source("a.yaml")].0, "InvalidSpecFile", "{p:?}");
+    eventually(
+        "the InvalidSpecFile event",
+        || events(&env, "alpha"),
+        |ev| {
+            ev.iter().any(|(t, r, m)| {
+                t == "Warning"
+                    && r == "InvalidSpecFile"
+                    && m.contains("document 1: spec.privileged")
+            })
+        },
+    )
+    .await;
+    let a = specs.source("a.yaml");
+    eventually(
+        "a.yaml's problem",
+        || problems(&env),
+        |p| p.get(&a).is_some_and(|(r, _)| r == "InvalidSpecFile"),
+    )
+    .await;
     let describe = env.ok(&["describe", "alpha"]);
     assert!(describe.contains("InvalidSpecFile"), "{describe}");
 
@@ -269,10 +297,13 @@ async fn an_invalid_file_is_reported_and_changes_nothing() {
         ],
     );
     assert!(gone(&env, "gamma"));
-    assert_eq!(
-        problems(&env).await[&specs.source("c.yaml")].0,
-        "InvalidSpecFile"
-    );
+    let c = specs.source("c.yaml");
+    eventually(
+        "c.yaml's problem",
+        || problems(&env),
+        |p| p.get(&c).is_some_and(|(r, _)| r == "InvalidSpecFile"),
+    )
+    .await;
 
     // Fixing the file applies it and clears the problem.
     let fixed = format!(
@@ -284,9 +315,13 @@ async fn an_invalid_file_is_reported_and_changes_nothing() {
     reflected("the fixed file", t0, || {
         present(&env, "alpha", |s| env_v(s) == "2") && present(&env, "alpha-two", |_| true)
     });
-    let p = problems(&env).await;
-    assert!(!p.contains_key(&specs.source("a.yaml")), "{p:?}");
-    assert!(p.contains_key(&specs.source("c.yaml")), "{p:?}");
+    let p = eventually(
+        "a.yaml's problem to clear",
+        || problems(&env),
+        |p| !p.contains_key(&a),
+    )
+    .await;
+    assert!(p.contains_key(&c), "{p:?}");
     assert_eq!(
         desired(&env.get_json("beta").unwrap()),
         beta_desired,
@@ -295,11 +330,12 @@ async fn an_invalid_file_is_reported_and_changes_nothing() {
 
     // Removing the broken file clears its problem too.
     std::fs::remove_file(specs.path("c.yaml")).unwrap();
-    let t0 = Instant::now();
-    while !problems(&env).await.is_empty() {
-        assert!(t0.elapsed() < REFLECTED, "c.yaml's problem did not clear");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "c.yaml's problem to clear",
+        || problems(&env),
+        |p| p.is_empty(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -429,14 +465,22 @@ async fn a_file_never_takes_over_a_cli_session_nor_the_reverse() {
         shared["metadata"]["annotations"]["orchestrator.mcp.dev/source"],
         "cli"
     );
-    let ev = events(&env, "shared").await;
-    assert!(
-        ev.iter()
-            .any(|(t, r, m)| t == "Warning" && r == "SourceConflict" && m.contains("a.yaml")),
-        "{ev:?}"
-    );
-    let p = problems(&env).await;
-    assert_eq!(p[&specs.source("a.yaml")].0, "SourceConflict", "{p:?}");
+    eventually(
+        "the SourceConflict event",
+        || events(&env, "shared"),
+        |ev| {
+            ev.iter()
+                .any(|(t, r, m)| t == "Warning" && r == "SourceConflict" && m.contains("a.yaml"))
+        },
+    )
+    .await;
+    let a = specs.source("a.yaml");
+    eventually(
+        "a.yaml's problem",
+        || problems(&env),
+        |p| p.get(&a).is_some_and(|(r, _)| r == "SourceConflict"),
+    )
+    .await;
     // Not retried in a loop: one report.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -486,6 +530,5 @@ async fn a_file_never_takes_over_a_cli_session_nor_the_reverse() {
                         == specs.source("b.yaml").as_str()
             })
     });
-    let p = problems(&env).await;
-    assert!(p.is_empty(), "{p:?}");
+    eventually("the problems to clear", || problems(&env), |p| p.is_empty()).await;
 }
