@@ -331,6 +331,8 @@ async fn event(s: &Shared, name: &str, type_: &str, reason: &str, message: Strin
 
 /// Reconcile one session. Returns when to look again.
 async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, ControllerError> {
+    // The benchmark's change latency (a store write → here) is read off this line.
+    debug!("reconcile start");
     let session = s.cache.read().ok().and_then(|c| c.get(name).cloned());
     let containers = s.runtime.list(Some(name), true).await?;
     debug!(containers = containers.len(), "observed");

@@ -453,6 +453,30 @@ impl Env {
     }
 }
 
+/// One running container per session, no orphans, every status Running.
+pub fn assert_converged(env: &Env, names: &[String]) {
+    for n in names {
+        env.wait_running(n, Duration::from_secs(60));
+        env.wait_status(n, Duration::from_secs(60), |s| s["phase"] == "Running");
+    }
+    let all = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=orchestrator.mcp.dev/instance={}", env.instance),
+        "--format",
+        "{{.Label \"orchestrator.mcp.dev/session\"}}",
+    ]);
+    let mut seen: Vec<&str> = all.lines().collect();
+    seen.sort();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(
+        seen, want,
+        "exactly one container per session and no orphans"
+    );
+}
+
 /// A minimal session manifest.
 pub fn session_yaml(name: &str, image: &str, extra_spec: &str) -> String {
     format!(

@@ -1,0 +1,220 @@
+//! Chaos soak: the Docker daemon itself is restarted under a running orchestrator.
+//!
+//! Its own test binary, holding one test, because restarting the engine would break every
+//! test running beside it (cargo runs test binaries one at a time). The engine is restarted
+//! the way it was started: `systemctl restart docker` where systemd runs it, otherwise a
+//! SIGTERM to `dockerd` and the same command line started again, detached. A machine where
+//! neither is possible fails this test loudly rather than skipping it; set
+//! `SOAK_DOCKER_RESTART=skip` there to leave it out on purpose (it then says so and fails
+//! nothing only because you asked).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SESSIONS: usize = 5;
+
+/// The pid of the running `dockerd`, if there is exactly one.
+fn dockerd_pid() -> Option<u32> {
+    let out = Command::new("pgrep")
+        .args(["-x", "dockerd"])
+        .output()
+        .ok()?;
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    (pids.len() == 1).then(|| pids[0])
+}
+
+fn nul_split(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn engine_answers() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn systemd_runs_docker() -> bool {
+    Command::new("systemctl")
+        .args(["is-active", "--quiet", "docker"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Restart the engine; returns how long it was unavailable.
+fn restart_engine() -> Duration {
+    let t0 = Instant::now();
+    if systemd_runs_docker() {
+        let st = Command::new("systemctl")
+            .args(["restart", "docker"])
+            .status()
+            .expect("systemctl restart docker");
+        assert!(st.success(), "systemctl restart docker failed");
+    } else {
+        let pid = dockerd_pid().expect(
+            "cannot restart the Docker daemon: no single dockerd process is visible here \
+             (set SOAK_DOCKER_RESTART=skip to leave this test out on purpose)",
+        );
+        let cmdline = nul_split(
+            &std::fs::read(format!("/proc/{pid}/cmdline"))
+                .expect("cannot read dockerd's command line (not root?)"),
+        );
+        let environ = nul_split(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default());
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot signal dockerd (pid {pid}); not root?");
+        wait_until(Duration::from_secs(60), "dockerd to exit", || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open("/tmp/dockerd-restarted-by-tests.log")
+            .unwrap();
+        let mut c = Command::new("setsid");
+        c.arg("--fork")
+            .arg(&cmdline[0])
+            .args(&cmdline[1..])
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for kv in &environ {
+            if let Some((k, v)) = kv.split_once('=') {
+                c.env(k, v);
+            }
+        }
+        if environ.is_empty() {
+            c.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        // Detached (setsid forks and returns): the engine outlives this test, as it did.
+        let st = c.status().expect("cannot start dockerd again");
+        assert!(st.success(), "setsid --fork dockerd failed");
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the engine to answer again",
+        engine_answers,
+    );
+    t0.elapsed()
+}
+
+/// Every session's containers as (session, running?) — for the "never two live" invariant.
+fn live_per_session(env: &Env) -> std::collections::HashMap<String, usize> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/instance={}", env.instance),
+            "--format",
+            "{{.Label \"orchestrator.mcp.dev/session\"}}",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut m = std::collections::HashMap::new();
+    for l in out.lines().filter(|l| !l.is_empty()) {
+        *m.entry(l.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn the_docker_daemon_restarted_under_the_orchestrator() {
+    if std::env::var("SOAK_DOCKER_RESTART").as_deref() == Ok("skip") {
+        eprintln!(
+            "SOAK_DOCKER_RESTART=skip: the Docker-daemon restart soak was left out on request"
+        );
+        return;
+    }
+    let mut env = Env::new();
+    env.start_orchestrator(&[]);
+    let names: Vec<String> = (0..SESSIONS).map(|i| format!("d{i}")).collect();
+    let yaml = names
+        .iter()
+        .map(|n| session_yaml(n, &env.image, ""))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let out = env.cli(
+        &["apply", "-f", "-", "--wait", "--timeout", "60s"],
+        Some(&yaml),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_converged(&env, &names);
+    let before: Vec<String> = names
+        .iter()
+        .map(|n| env.wait_running(n, Duration::from_secs(5)))
+        .collect();
+
+    let down = restart_engine();
+    eprintln!("engine unavailable for {} ms", down.as_millis());
+
+    // Back to one running container per session, status Running, never two live at once.
+    let t0 = Instant::now();
+    let mut worst = 0;
+    wait_until(
+        Duration::from_secs(90),
+        "every session running again",
+        || {
+            let live = live_per_session(&env);
+            worst = worst.max(live.values().copied().max().unwrap_or(0));
+            names.iter().all(|n| live.get(n) == Some(&1))
+        },
+    );
+    assert!(worst <= 1, "a session had {worst} live containers at once");
+    assert_converged(&env, &names);
+    eprintln!(
+        "recovered {SESSIONS} sessions {} ms after the engine answered",
+        t0.elapsed().as_millis()
+    );
+    let after: Vec<String> = names
+        .iter()
+        .map(|n| env.wait_running(n, Duration::from_secs(5)))
+        .collect();
+    assert!(
+        env.orchestrator
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the orchestrator survived the engine restart"
+    );
+    let log = env.log_text();
+    assert!(
+        log.contains("docker event stream"),
+        "the lost event stream was noticed and re-opened:\n{log}"
+    );
+    // The engine stopped every container; each was put back (restarted or replaced).
+    for (n, (b, a)) in names.iter().zip(before.iter().zip(&after)) {
+        let st = env.get_json(n).unwrap();
+        eprintln!(
+            "{n}: {} -> {}, restartCount {}",
+            &b[..12],
+            &a[..12],
+            st["status"]["restartCount"]
+        );
+    }
+}
