@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::expect::Expectations;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, CrashState, Input, Settings};
 use crate::queue::{Outcome, WorkQueue};
@@ -81,6 +82,8 @@ struct Shared {
     /// Set once the cache holds a full list; no reconcile runs before that, or every
     /// container would look like an orphan.
     listed: AtomicBool,
+    /// Docker events the reconciles caused themselves (see [`crate::expect`]).
+    expect: Mutex<Expectations>,
 }
 
 /// The reconciler. Clone-free: build it, then [`Controller::run`] it.
@@ -139,6 +142,7 @@ impl Controller {
                 synced: AtomicBool::new(false),
                 metrics,
                 listed: AtomicBool::new(false),
+                expect: Mutex::new(Expectations::new(EXPECTATION_TTL)),
             }),
         }
     }
@@ -317,6 +321,21 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
+/// How long an expected Docker event is waited for before it no longer swallows one.
+const EXPECTATION_TTL: Duration = Duration::from_secs(10);
+
+fn expect(s: &Shared, name: &str, actions: &[&'static str]) {
+    if let Ok(mut e) = s.expect.lock() {
+        e.expect(name, actions, std::time::Instant::now());
+    }
+}
+
+fn forget(s: &Shared, name: &str) {
+    if let Ok(mut e) = s.expect.lock() {
+        e.forget(name);
+    }
+}
+
 async fn event(s: &Shared, name: &str, type_: &str, reason: &str, message: String) {
     let e = SessionEvent {
         time: Utc::now(),
@@ -380,7 +399,12 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                     }
                 }
                 Action::Create { name: cname, body } => {
-                    let id = s.runtime.create_and_start(cname, body).await?;
+                    expect(s, name, &["create", "start"]);
+                    let id = s
+                        .runtime
+                        .create_and_start(cname, body)
+                        .await
+                        .inspect_err(|_| forget(s, name))?;
                     let before = session
                         .as_ref()
                         .and_then(|x| x.status.as_ref())
@@ -401,7 +425,8 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                     created = Some(id);
                 }
                 Action::Start { id } => {
-                    s.runtime.start(id).await?;
+                    expect(s, name, &["start"]);
+                    s.runtime.start(id).await.inspect_err(|_| forget(s, name))?;
                     s.metrics.restarts.inc();
                     info!(container_id = %short(id), "restarted container");
                     event(
@@ -592,6 +617,10 @@ async fn watch_docker(
             let _ = tx.send(Trigger::Resync);
         }
         first = false;
+        // Whatever was expected on the old stream may never be seen on the new one.
+        if let Ok(mut e) = s.expect.lock() {
+            e.clear();
+        }
         let mut events = Box::pin(s.runtime.events());
         loop {
             let next = tokio::select! {
@@ -601,8 +630,11 @@ async fn watch_docker(
             match next {
                 Some(Ok(ev)) => {
                     delay = Duration::from_millis(100);
-                    debug!(session = %ev.session, action = %ev.action, "docker event");
-                    if !ev.session.is_empty() {
+                    let own = s.expect.lock().is_ok_and(|mut e| {
+                        e.observe(&ev.session, &ev.action, std::time::Instant::now())
+                    });
+                    debug!(session = %ev.session, action = %ev.action, own, "docker event");
+                    if !ev.session.is_empty() && !own {
                         let _ = tx.send(Trigger::Key(ev.session));
                     }
                 }

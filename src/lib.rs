@@ -14,6 +14,7 @@
 //! - [`specs`]: the watched specs directory.
 //! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
 //! - [`controller`]: triggers → queue → plan → execute → status.
+//! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
 //! - [`ops`]: apply, patch and delete through admission and the store.
 //! - [`selector`]: Kubernetes label selectors.
 //! - [`metrics`]: the Prometheus registry.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod client;
 pub mod contract;
 pub mod controller;
+pub mod expect;
 pub mod http;
 pub mod metrics;
 pub mod ops;

@@ -50,6 +50,7 @@ fn engine_answers() -> bool {
 fn systemd_runs_docker() -> bool {
     Command::new("systemctl")
         .args(["is-active", "--quiet", "docker"])
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
