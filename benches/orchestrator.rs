@@ -13,7 +13,7 @@
 //!   proxy, one resync pass);
 //! - change latency: a Redis write → the start of the reconcile it causes.
 //!
-//! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_KILLS (60),
+//! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_KILLS (100),
 //! BENCH_RECOVERY_POOL (15), BENCH_KILL_GAP_MS (800), BENCH_IDLE_N (1000), BENCH_IDLE_SECS
 //! (90), BENCH_WRITES (300), BENCH_OUT (BENCHMARKS.md, `-` for stdout), MCP_IMAGE;
 //! BENCH_CONVERGENCE_ONLY=1 stops after the convergence runs (for quick comparisons).
@@ -87,7 +87,7 @@ impl Config {
                 .filter_map(|s| s.trim().parse().ok())
                 .collect(),
             concurrency: env_or("BENCH_CONCURRENCY", 8),
-            kills: env_or("BENCH_KILLS", 60),
+            kills: env_or("BENCH_KILLS", 100),
             pool: env_or("BENCH_RECOVERY_POOL", 15),
             kill_gap: Duration::from_millis(env_or("BENCH_KILL_GAP_MS", 800)),
             idle_n: env_or("BENCH_IDLE_N", 1000),
@@ -212,8 +212,20 @@ impl Orchestrator {
             .env("RUST_LOG", rust_log)
             .env_remove("ORCHESTRATOR_TOKEN")
             .env_remove("GOOGLE_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(file);
+            .env_remove("SPECS_DIR")
+            .env_remove("LISTEN_ADDR");
+        // The contract's defaults, as in the raw and compose runs, whatever the caller set.
+        for k in [
+            "MAX_MEMORY",
+            "MAX_CPUS",
+            "MAX_PIDS",
+            "STABLE_AFTER",
+            "MAX_BACKOFF",
+            "RESYNC_INTERVAL",
+        ] {
+            c.env_remove(k);
+        }
+        c.stdout(Stdio::null()).stderr(file);
         for (k, v) in extra {
             c.env(k, v);
         }
@@ -312,6 +324,23 @@ fn body(cfg: &Config, instance: &str, session: &str, run: &str) -> ContainerCrea
         .get_or_insert_default()
         .insert(RUN_LABEL.into(), run.into());
     b
+}
+
+/// Create a container under `name` and start it; returns its id.
+async fn create_start(docker: &Docker, name: &str, body: ContainerCreateBody) -> Res<String> {
+    let c = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await?;
+    docker
+        .start_container(&c.id, None::<StartContainerOptions>)
+        .await?;
+    Ok(c.id)
 }
 
 /// Remove every container carrying `label=value`, one at a time.
@@ -536,18 +565,7 @@ async fn converge_raw(docker: &Docker, cfg: &Config, n: usize, run: &str) -> Res
             async move {
                 let session = format!("s{i}");
                 let b = body(cfg, &instance, &session, run);
-                let c = docker
-                    .create_container(
-                        Some(CreateContainerOptions {
-                            name: Some(container_name(&instance, &session)),
-                            ..Default::default()
-                        }),
-                        b,
-                    )
-                    .await?;
-                docker
-                    .start_container(&c.id, None::<StartContainerOptions>)
-                    .await?;
+                create_start(docker, &container_name(&instance, &session), b).await?;
                 Ok(())
             }
         })
@@ -605,10 +623,11 @@ async fn converge_compose(
     std::fs::write(pdir.join("docker-compose.yml"), compose_file(cfg, n, run))?;
     // Compose 1.29 holds its global COMPOSE_PARALLEL_LIMIT semaphore across its two nested
     // parallel steps (services, then each service's containers), so a limit below the number
-    // of services deadlocks: at 8 it hung for minutes after 7 of 100 containers. N + P
-    // permits leave exactly P for the inner step, where the create+start calls are: the
-    // same P in flight as the others. (Unbounded, 2N + P, 500 services time out against
-    // the engine.) A hung run is stopped after 15 minutes.
+    // of services deadlocks: at 8 it hung for minutes after 7 of 100 containers. With N + P
+    // permits the inner step (the create+start calls) starts with P and gains one for every
+    // service that finishes: at least P in flight, more towards the end, never fewer than the
+    // others get. (Unbounded, 2N + P, 500 services time out against the engine.) A hung run
+    // is stopped after 15 minutes.
     let limit = n + cfg.concurrency;
     let compose = |args: &[&str]| {
         Command::new("timeout")
@@ -691,9 +710,10 @@ async fn recovery_orchestrator(
     for k in 0..cfg.kills + plain_kills {
         let name = format!("k{}", k % cfg.pool);
         let s = store.get(&name).await?.ok_or("session vanished")?;
-        let id = s
-            .status
-            .and_then(|s| s.container_id)
+        let before = s.status.clone().unwrap_or_default();
+        let id = before
+            .container_id
+            .clone()
             .ok_or("no container id in status")?;
         let pid = main_pid(docker, &id).await?;
         let revision = store.revision().await?;
@@ -710,8 +730,13 @@ async fn recovery_orchestrator(
         let mut watch = store.watch(revision).await?;
         let status_at = loop {
             let cur = store.get(&name).await?.and_then(|s| s.status);
+            // The sandbox is restarted in place (same id), so Running on that id is not
+            // enough: the status must have counted this restart.
             if cur.as_ref().is_some_and(|st| {
-                st.phase == Phase::Running && st.container_id.as_deref() == Some(new_id.as_str())
+                st.phase == Phase::Running
+                    && st.container_id.as_deref() == Some(new_id.as_str())
+                    && (st.restart_count > before.restart_count
+                        || before.container_id.as_deref() != Some(new_id.as_str()))
             }) {
                 break Instant::now();
             }
@@ -749,19 +774,7 @@ async fn recovery_engine(docker: &Docker, cfg: &Config, run: &str) -> Res<(Vec<D
                 maximum_retry_count: None,
             });
         }
-        let c = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(container_name(&instance, &member)),
-                    ..Default::default()
-                }),
-                b,
-            )
-            .await?;
-        docker
-            .start_container(&c.id, None::<StartContainerOptions>)
-            .await?;
-        ids.push(c.id);
+        ids.push(create_start(docker, &container_name(&instance, &member), b).await?);
     }
     // Past the engine's 10 s window, so its restart backoff starts from the bottom.
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -814,7 +827,7 @@ struct Idle {
 fn resync_times(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "resync")
+        .filter(|v| v["message"] == "resync" && v["enqueued"] == 0)
         .filter_map(|v| v["took_ms"].as_u64())
         .collect()
 }
@@ -842,7 +855,11 @@ async fn idle_cost(
     // Restart it behind the counting proxy, with the controller's debug log (resync passes).
     let calls = Arc::new(AtomicU64::new(0));
     let sock = dir.join("docker-proxy.sock");
-    counting_proxy(&sock, "/var/run/docker.sock", calls.clone()).await?;
+    let upstream = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    counting_proxy(&sock, &upstream, calls.clone()).await?;
     let o = Orchestrator::start(
         redis,
         &instance,
@@ -852,8 +869,16 @@ async fn idle_cost(
         &[("DOCKER_HOST", format!("unix://{}", sock.display()))],
     )
     .await?;
-    // Let the start-up settle, then measure a quiet window.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the start-up settle (its first resync and any reconciles it queued) until no
+    // Docker call has been made for 3 s, then measure a quiet window.
+    let mut last = calls.load(Ordering::Relaxed);
+    let mut quiet = 0;
+    while quiet < 3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = calls.load(Ordering::Relaxed);
+        quiet = if now == last { quiet + 1 } else { 0 };
+        last = now;
+    }
     let (c0, n0, w0) = (
         cpu_seconds(o.pid()),
         calls.load(Ordering::Relaxed),
@@ -866,6 +891,9 @@ async fn idle_cost(
         w0.elapsed().as_secs_f64(),
     );
     let rss = rss_mib(o.pid());
+    if rss == 0.0 {
+        return Err("the orchestrator exited during the idle window".into());
+    }
     let resync_ms = resync_times(&o.log_text());
     let still = store
         .list()
@@ -957,7 +985,11 @@ async fn change_latency(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        out.push((started - written_at).to_std().unwrap_or_default());
+        // A reconcile logged before the write would mean the line matched the wrong write.
+        let latency = (started - written_at)
+            .to_std()
+            .map_err(|_| format!("reconcile of {name} logged before write {k}"))?;
+        out.push(latency);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     o.stop();
@@ -1155,7 +1187,7 @@ async fn run_all(
     );
     let _ = writeln!(
         r,
-        "Concurrency {p}: the orchestrator's `RECONCILE_CONCURRENCY`, and {p} bollard create+start in flight. Compose cannot be held to {p}: version 1.29 keeps its global `COMPOSE_PARALLEL_LIMIT` semaphore across nested steps and deadlocks when the limit is below the number of services, so it runs with N+{p} permits: N for its service level, {p} left for the containers' create+start. The same image and the same create body (the sandbox contract's; the compose services spell the same settings).\n"
+        "Concurrency {p}: the orchestrator's `RECONCILE_CONCURRENCY`, and {p} bollard create+start in flight. Compose cannot be held to {p}: version 1.29 keeps its global `COMPOSE_PARALLEL_LIMIT` semaphore across nested steps and deadlocks when the limit is below the number of services, so it runs with N+{p} permits: N for its service level, {p} for the containers' create+start to start with, one more for every service done. Compose therefore has at least as many calls in flight as the others, more towards the end. The same image and the same create body (the sandbox contract's; the compose services spell the same settings).\n"
     );
     let _ = writeln!(
         r,
@@ -1192,7 +1224,7 @@ async fn run_all(
     );
     let _ = writeln!(
         r,
-        "{} kills each, round robin over a pool of {} (each member up > 10 s before it is killed, so neither side's crash backoff grows), {} ms apart. Timed from the kill to the container's `start` event; for the orchestrator also to the session's status saying Running on that container.\n",
+        "{} kills each, round robin over a pool of {} (each member up > 10 s before it is killed, so neither side's crash backoff grows), {} ms apart. Timed from the kill to the container's `start` event; for the orchestrator also to the session's status saying Running on that container with the restart counted. Percentiles are nearest-rank: with 100 kills p99 is the second-largest.\n",
         cfg.kills,
         cfg.pool,
         cfg.kill_gap.as_millis()

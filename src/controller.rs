@@ -426,7 +426,11 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                 }
                 Action::Start { id } => {
                     expect(s, name, &["start"]);
-                    s.runtime.start(id).await.inspect_err(|_| forget(s, name))?;
+                    let started = s.runtime.start(id).await.inspect_err(|_| forget(s, name))?;
+                    if !started {
+                        // Running already: no `start` event will come to meet the expectation.
+                        forget(s, name);
+                    }
                     s.metrics.restarts.inc();
                     info!(container_id = %short(id), "restarted container");
                     event(

@@ -32,6 +32,13 @@ impl Expectations {
     /// Record that `actions` (Docker event actions, e.g. `create`, `start`) are about to
     /// happen to `session`'s container because of the controller.
     pub fn expect(&mut self, session: &str, actions: &[&'static str], now: Instant) {
+        // Lapsed entries of sessions that never saw their event go here (cheap: one pass
+        // over the sessions with something pending, usually a handful).
+        let ttl = self.ttl;
+        self.pending.retain(|_, v| {
+            v.retain(|(_, at)| now.duration_since(*at) < ttl);
+            !v.is_empty()
+        });
         let v = self.pending.entry(session.to_string()).or_default();
         v.extend(actions.iter().map(|a| (*a, now)));
     }
@@ -101,7 +108,9 @@ mod tests {
         e.expect("a", &["create", "start"], t);
         e.forget("a");
         assert!(!e.observe("a", "create", t));
-        e.expect("b", &["start"], t);
+        e.expect("gone", &["start"], t);
+        e.expect("b", &["start"], t + Duration::from_secs(11));
+        assert_eq!(e.len(), 1, "the lapsed expectation of \"gone\" was pruned");
         e.clear();
         assert_eq!(e.len(), 0);
     }

@@ -233,14 +233,16 @@ impl Runtime {
     }
 
     /// Start a stopped container. Starting a running one is not an error.
-    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+    /// Returns whether this call started it (false: it was running already, and the engine
+    /// sends no `start` event).
+    pub async fn start(&self, id: &str) -> Result<bool, RuntimeError> {
         match self
             .docker
             .start_container(id, None::<StartContainerOptions>)
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if status_code(&e) == Some(304) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if status_code(&e) == Some(304) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -449,3 +449,40 @@ async fn redis_restart_is_survived() {
     env.apply_yaml(&session_yaml("two", &env.image, ""));
     env.wait_running("two", T);
 }
+
+#[test]
+fn a_new_session_is_reconciled_once_its_own_events_trigger_nothing() {
+    let mut env = Env::new();
+    // No periodic resync during the test: every reconcile comes from a trigger.
+    env.start_orchestrator(&["--resync-interval", "1h"]);
+    env.apply_yaml(&session_yaml("once", &env.image, ""));
+    let id = env.wait_running("once", T);
+    env.wait_status("once", T, |s| s["phase"] == "Running");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = env.log_text();
+    let reconciles = log
+        .lines()
+        .filter(|l| l.contains("reconcile{session=once}") && l.contains("reconcile start"))
+        .count();
+    let own: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("docker event") && l.contains("session=once"))
+        .collect();
+    assert_eq!(
+        reconciles, 1,
+        "the create and start events the reconcile caused must not wake it again:\n{log}"
+    );
+    assert_eq!(own.len(), 2, "{own:?}");
+    assert!(own.iter().all(|l| l.contains("own=true")), "{own:?}");
+
+    // An event nobody expected still wakes it: a kill is repaired at once (the first crash
+    // has no backoff).
+    docker(&["kill", &id]);
+    wait_until(REPAIR, "the killed sandbox to run again", || {
+        let c = env.containers("once");
+        c.len() == 1 && c[0].1 == "running"
+    });
+    env.wait_status("once", T, |s| {
+        s["restartCount"] == 1 && s["phase"] == "Running"
+    });
+}
