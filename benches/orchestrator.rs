@@ -13,7 +13,7 @@
 //!   proxy, one resync pass);
 //! - change latency: a Redis write → the start of the reconcile it causes.
 //!
-//! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_KILLS (100),
+//! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_REPEATS (3, convergence at N ≤ 100), BENCH_KILLS (100),
 //! BENCH_RECOVERY_POOL (15), BENCH_KILL_GAP_MS (800), BENCH_IDLE_N (1000), BENCH_IDLE_SECS
 //! (90), BENCH_WRITES (300), BENCH_OUT (BENCHMARKS.md, `-` for stdout), MCP_IMAGE;
 //! BENCH_CONVERGENCE_ONLY=1 stops after the convergence runs (for quick comparisons).
@@ -69,6 +69,7 @@ struct Config {
     sizes: Vec<usize>,
     concurrency: usize,
     kills: usize,
+    repeats: usize,
     pool: usize,
     kill_gap: Duration,
     idle_n: usize,
@@ -88,6 +89,7 @@ impl Config {
                 .collect(),
             concurrency: env_or("BENCH_CONCURRENCY", 8),
             kills: env_or("BENCH_KILLS", 100),
+            repeats: env_or("BENCH_REPEATS", 3),
             pool: env_or("BENCH_RECOVERY_POOL", 15),
             kill_gap: Duration::from_millis(env_or("BENCH_KILL_GAP_MS", 800)),
             idle_n: env_or("BENCH_IDLE_N", 1000),
@@ -97,6 +99,18 @@ impl Config {
             image: std::env::var("MCP_IMAGE").unwrap_or_else(|_| "mcp-server:latest".into()),
         }
     }
+}
+
+/// `base` with a counter appended, so that repeated runs never share names or Redis keys.
+fn unique(base: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{base}x{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The median of a few durations, and their spread.
+fn median(v: &mut [Duration]) -> (Duration, Duration, Duration) {
+    v.sort_unstable();
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 /// Milliseconds, with one decimal.
@@ -536,7 +550,7 @@ async fn converge_orchestrator(
     n: usize,
     run: &str,
 ) -> Res<Duration> {
-    let instance = format!("{run}o{n}");
+    let instance = unique(&format!("{run}o{n}"));
     let o = Orchestrator::start(redis, &instance, dir, cfg, "mcp_orchestrator=info", &[]).await?;
     let store = Store::connect(&redis.url(), &instance).await?;
     let file = dir.join(format!("{instance}.yaml"));
@@ -557,7 +571,7 @@ async fn converge_orchestrator(
 
 /// The same N containers, straight through bollard: create+start at the same concurrency.
 async fn converge_raw(docker: &Docker, cfg: &Config, n: usize, run: &str) -> Res<Duration> {
-    let instance = format!("{run}r{n}");
+    let instance = unique(&format!("{run}r{n}"));
     let t0 = Instant::now();
     let results: Vec<Res<()>> = futures::stream::iter(0..n)
         .map(|i| {
@@ -617,7 +631,7 @@ async fn converge_compose(
     n: usize,
     run: &str,
 ) -> Res<Duration> {
-    let project = format!("{run}c{n}");
+    let project = unique(&format!("{run}c{n}"));
     let pdir = dir.join(&project);
     std::fs::create_dir_all(&pdir)?;
     std::fs::write(pdir.join("docker-compose.yml"), compose_file(cfg, n, run))?;
@@ -1142,17 +1156,32 @@ async fn run_all(
 
     // Convergence, three ways, interleaved per N so that drift of the machine hits all three.
     let mut rows = Vec::new();
+    let mut spreads = Vec::new();
     for &n in &cfg.sizes {
-        eprintln!("bench: convergence N={n}");
-        let raw = converge_raw(docker, cfg, n, run).await?;
-        eprintln!("bench:   raw bollard {}", ms(raw));
-        let orch = converge_orchestrator(docker, redis, dir, cfg, n, run).await?;
-        eprintln!("bench:   orchestrator {}", ms(orch));
-        // Compose failing is a result too; it does not stop the run.
-        let compose = converge_compose(docker, dir, cfg, n, run)
-            .await
-            .map_err(|e| e.to_string());
-        eprintln!("bench:   docker-compose {compose:?}");
+        // Small N are short and noisy: the median of several interleaved runs.
+        let reps = if n <= 100 { cfg.repeats.max(1) } else { 1 };
+        let (mut raws, mut orchs, mut composes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut compose_err = None;
+        for k in 0..reps {
+            eprintln!("bench: convergence N={n} ({}/{reps})", k + 1);
+            raws.push(converge_raw(docker, cfg, n, run).await?);
+            eprintln!("bench:   raw bollard {}", ms(raws[k]));
+            orchs.push(converge_orchestrator(docker, redis, dir, cfg, n, run).await?);
+            eprintln!("bench:   orchestrator {}", ms(orchs[k]));
+            // Compose failing is a result too; it does not stop the run.
+            match converge_compose(docker, dir, cfg, n, run).await {
+                Ok(c) => composes.push(c),
+                Err(e) => compose_err = Some(e.to_string()),
+            }
+            eprintln!("bench:   docker-compose {:?}", composes.last());
+        }
+        let (raw, raw_lo, raw_hi) = median(&mut raws);
+        let (orch, orch_lo, orch_hi) = median(&mut orchs);
+        let compose = match compose_err {
+            Some(e) => Err(e),
+            None => Ok(median(&mut composes).0),
+        };
+        spreads.push((n, reps, orch_lo, orch_hi, raw_lo, raw_hi));
         rows.push((n, orch, raw, compose));
     }
 
@@ -1205,6 +1234,18 @@ async fn run_all(
             ms(*raw),
             ratio(*orch, *raw),
         );
+    }
+    for (n, reps, olo, ohi, rlo, rhi) in &spreads {
+        if *reps > 1 {
+            let _ = writeln!(
+                r,
+                "\nN = {n}: medians of {reps} interleaved runs; orchestrator {}–{} ms, raw {}–{} ms.",
+                ms(*olo),
+                ms(*ohi),
+                ms(*rlo),
+                ms(*rhi)
+            );
+        }
     }
     let _ = writeln!(
         r,
