@@ -357,15 +357,23 @@ async fn create_start(docker: &Docker, name: &str, body: ContainerCreateBody) ->
     Ok(c.id)
 }
 
-/// Remove every container carrying `label=value`, one at a time.
-async fn remove_all(docker: &Docker, filter: &str) -> Res<usize> {
-    let list = docker
+/// Every container, in any state, carrying the label filter `label=value`.
+async fn list_labelled(
+    docker: &Docker,
+    filter: &str,
+) -> Res<Vec<bollard::models::ContainerSummary>> {
+    Ok(docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([("label".into(), vec![filter.to_string()])])),
             ..Default::default()
         }))
-        .await?;
+        .await?)
+}
+
+/// Remove every container carrying `label=value`, one at a time.
+async fn remove_all(docker: &Docker, filter: &str) -> Res<usize> {
+    let list = list_labelled(docker, filter).await?;
     let n = list.len();
     for c in list {
         let id = c.id.unwrap_or_default();
@@ -1094,14 +1102,7 @@ async fn main() -> Res<()> {
         format!("{RUN_LABEL}={run}"),
         "orchestrator.mcp.dev/managed-by=mcp-orchestrator".to_string(),
     ] {
-        let list = docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(HashMap::from([("label".into(), vec![filter.clone()])])),
-                ..Default::default()
-            }))
-            .await?;
-        for c in list {
+        for c in list_labelled(&docker, &filter).await? {
             let ours = c.labels.as_ref().is_some_and(|l| {
                 l.get(RUN_LABEL).map(String::as_str) == Some(run.as_str())
                     || l.get("orchestrator.mcp.dev/instance")
