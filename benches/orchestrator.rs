@@ -549,6 +549,31 @@ async fn wait_all_running(store: &Store, revision: u64, n: usize, limit: Duratio
     }
 }
 
+/// Write `n` sessions named `{prefix}0..` to a file, `apply` it, and wait until every status
+/// says Running. Returns the store client and the time from the apply to the last Running.
+async fn apply_and_wait(
+    redis: &Redis,
+    dir: &Path,
+    cfg: &Config,
+    instance: &str,
+    n: usize,
+    prefix: &str,
+    limit: Duration,
+) -> Res<(Store, Duration)> {
+    let store = Store::connect(&redis.url(), instance).await?;
+    let file = dir.join(format!("{instance}.yaml"));
+    std::fs::write(&file, sessions_yaml(cfg, n, prefix))?;
+    let revision = store.list().await?.revision;
+    let t0 = Instant::now();
+    let done = tokio::spawn({
+        let store = store.clone();
+        async move { wait_all_running(&store, revision, n, limit).await }
+    });
+    apply(redis, instance, &file)?;
+    let end = done.await.map_err(|e| e.to_string())??;
+    Ok((store, end - t0))
+}
+
 /// Apply N sessions and time until every status is Running.
 async fn converge_orchestrator(
     docker: &Docker,
@@ -560,18 +585,16 @@ async fn converge_orchestrator(
 ) -> Res<Duration> {
     let instance = unique(&format!("{run}o{n}"));
     let o = Orchestrator::start(redis, &instance, dir, cfg, "mcp_orchestrator=info", &[]).await?;
-    let store = Store::connect(&redis.url(), &instance).await?;
-    let file = dir.join(format!("{instance}.yaml"));
-    std::fs::write(&file, sessions_yaml(cfg, n, "s"))?;
-    let revision = store.list().await?.revision;
-    let t0 = Instant::now();
-    let done = tokio::spawn({
-        let store = store.clone();
-        async move { wait_all_running(&store, revision, n, Duration::from_secs(1200)).await }
-    });
-    apply(redis, &instance, &file)?;
-    let end = done.await.map_err(|e| e.to_string())??;
-    let took = end - t0;
+    let (_, took) = apply_and_wait(
+        redis,
+        dir,
+        cfg,
+        &instance,
+        n,
+        "s",
+        Duration::from_secs(1200),
+    )
+    .await?;
     o.stop();
     remove_all(docker, &format!("orchestrator.mcp.dev/instance={instance}")).await?;
     Ok(took)
@@ -714,12 +737,16 @@ async fn recovery_orchestrator(
 ) -> Res<(Recovery, Vec<Duration>)> {
     let instance = format!("{run}k");
     let o = Orchestrator::start(redis, &instance, dir, cfg, "mcp_orchestrator=info", &[]).await?;
-    let store = Store::connect(&redis.url(), &instance).await?;
-    let file = dir.join(format!("{instance}.yaml"));
-    std::fs::write(&file, sessions_yaml(cfg, cfg.pool, "k"))?;
-    let revision = store.list().await?.revision;
-    apply(redis, &instance, &file)?;
-    wait_all_running(&store, revision, cfg.pool, Duration::from_secs(120)).await?;
+    let (store, _) = apply_and_wait(
+        redis,
+        dir,
+        cfg,
+        &instance,
+        cfg.pool,
+        "k",
+        Duration::from_secs(120),
+    )
+    .await?;
     // Every sandbox has run long enough to count as stable (no crash-loop backoff).
     tokio::time::sleep(Duration::from_secs(11)).await;
     let mut rx = start_events(docker, &format!("orchestrator.mcp.dev/instance={instance}"));
@@ -864,14 +891,16 @@ async fn idle_cost(
     let n = cfg.idle_n;
     let instance = format!("{run}i");
     let o = Orchestrator::start(redis, &instance, dir, cfg, "mcp_orchestrator=info", &[]).await?;
-    let store = Store::connect(&redis.url(), &instance).await?;
-    let file = dir.join(format!("{instance}.yaml"));
-    std::fs::write(&file, sessions_yaml(cfg, n, "i"))?;
-    let revision = store.list().await?.revision;
-    let t0 = Instant::now();
-    apply(redis, &instance, &file)?;
-    wait_all_running(&store, revision, n, Duration::from_secs(1800)).await?;
-    let converge = t0.elapsed();
+    let (store, converge) = apply_and_wait(
+        redis,
+        dir,
+        cfg,
+        &instance,
+        n,
+        "i",
+        Duration::from_secs(1800),
+    )
+    .await?;
     o.stop();
 
     // Restart it behind the counting proxy, with the controller's debug log (resync passes).
@@ -977,13 +1006,9 @@ async fn change_latency(
         &[],
     )
     .await?;
-    let store = Store::connect(&redis.url(), &instance).await?;
-    let file = dir.join(format!("{instance}.yaml"));
     let m = 10;
-    std::fs::write(&file, sessions_yaml(cfg, m, "w"))?;
-    let revision = store.list().await?.revision;
-    apply(redis, &instance, &file)?;
-    wait_all_running(&store, revision, m, Duration::from_secs(120)).await?;
+    let (store, _) =
+        apply_and_wait(redis, dir, cfg, &instance, m, "w", Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut out = Vec::new();
     for k in 0..cfg.writes {
