@@ -81,6 +81,8 @@ fn restart_engine() -> Duration {
         );
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
             .expect("cannot read dockerd's working directory (not root?)");
+        // A daemon started from a directory since deleted: start it from / instead.
+        let cwd = if cwd.is_dir() { cwd } else { "/".into() };
         let st = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
@@ -117,6 +119,12 @@ fn restart_engine() -> Duration {
             if let Some((k, v)) = kv.split_once('=') {
                 c.env(k, v);
             }
+        }
+        if !environ.iter().any(|kv| kv.starts_with("PATH=")) {
+            c.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
         }
         // Detached (setsid forks and returns): the engine outlives this test, as it did.
         let st = c.status().expect("cannot start dockerd again");
