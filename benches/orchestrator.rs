@@ -333,6 +333,7 @@ fn body(cfg: &Config, instance: &str, session: &str, run: &str) -> ContainerCrea
         session,
         uid: "bench",
         generation: 1,
+        store: "bench",
     });
     b.labels
         .get_or_insert_default()

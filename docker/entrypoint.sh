@@ -15,7 +15,8 @@
 # 2. For `mcp-orchestrator serve` with REMOVE_SANDBOXES_ON_STOP=1 (the default): stays as
 #    PID 1 (a shell, as the app user, idle) and forwards SIGTERM/SIGINT to the server; once the server has
 #    stopped because of such a signal (`compose stop`, `compose down`, `docker stop`), it
-#    removes the instance's sandbox containers (docker/remove-sandboxes), so a stopped
+#    removes the sandbox containers of its instance and store (docker/remove-sandboxes;
+#    the server writes the store identity to STORE_ID_FILE), so a stopped
 #    stack leaves nothing behind. Desired state stays in Redis: the next start recreates
 #    the sandboxes. A crash is not a stop: the sandboxes stay and the restarted server
 #    adopts them. REMOVE_SANDBOXES_ON_STOP=0 keeps them on stops too (and exec's the
@@ -65,6 +66,9 @@ if [ "${REMOVE_SANDBOXES_ON_STOP:-1}" != 1 ] || [ -n "${MCPO_SUPERVISED:-}" ] ||
     exec "$@"
 fi
 export MCPO_SUPERVISED=1
+# The server writes its store's identity here; only containers carrying it are removed.
+export STORE_ID_FILE="${STORE_ID_FILE:-/tmp/mcp-orchestrator.store-id}"
+rm -f "$STORE_ID_FILE"
 
 stopping=""
 "$@" &
@@ -77,6 +81,11 @@ while :; do
     kill -0 "$child" 2>/dev/null || break
 done
 if [ -n "$stopping" ]; then
-    /usr/local/libexec/remove-sandboxes "$sock" "${ORCHESTRATOR_INSTANCE:-default}" >&2 || true
+    if [ -s "$STORE_ID_FILE" ]; then
+        /usr/local/libexec/remove-sandboxes "$sock" "${ORCHESTRATOR_INSTANCE:-default}" \
+            "$(cat "$STORE_ID_FILE")" >&2 || true
+    else
+        echo "docker-entrypoint: the server never read its store's identity; no sandbox removed" >&2
+    fi
 fi
 exit "$status"

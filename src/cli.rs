@@ -48,7 +48,8 @@ pub struct Global {
         long,
         env = "ORCHESTRATOR_INSTANCE",
         default_value = "default",
-        global = true
+        global = true,
+        value_parser = instance_name
     )]
     pub instance: String,
     /// Image allowlist, comma-separated patterns (`*` wildcard).
@@ -128,6 +129,10 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+fn instance_name(s: &str) -> Result<String, String> {
+    contract::validate_instance(s).map(|()| s.to_string())
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
@@ -161,6 +166,16 @@ enum Command {
     Healthcheck,
     /// Inject faults into managed sandboxes and measure recovery (against a live `serve`).
     Chaos(ChaosArgs),
+    /// List the containers of this instance that belong to another store (another Redis with
+    /// the same instance name, or this store before a reset), and remove them with
+    /// `--remove`. The controller never removes them by itself.
+    Foreign {
+        /// Remove them (all of them, or only the given container ids or names).
+        #[arg(long)]
+        remove: bool,
+        /// Only these containers (ids, id prefixes or names).
+        containers: Vec<String>,
+    },
     /// Chat with Gemini using the session's sandbox tools (through a running `serve`). With
     /// no MESSAGE it is interactive: one line, one turn.
     Chat {
@@ -209,6 +224,19 @@ struct ServeArgs {
     /// Timeout of one MCP request to a sandbox.
     #[arg(long, env = "MCP_CALL_TIMEOUT", default_value = "30s", value_parser = duration)]
     mcp_call_timeout: Duration,
+    /// A reconcile running longer is abandoned, counted as failed and retried.
+    #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    reconcile_timeout: Duration,
+    /// On SIGTERM, how long running reconciles may finish before they are aborted.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    shutdown_grace: Duration,
+    /// `/readyz` turns unready when work waits and no reconcile finished for this long.
+    #[arg(long, env = "STALL_AFTER", default_value = "90s", value_parser = duration)]
+    stall_after: Duration,
+    /// Write the store's identity to this file at start (the container entrypoint uses it
+    /// to remove only this store's sandboxes on stop).
+    #[arg(long, env = "STORE_ID_FILE")]
+    store_id_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +387,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck => healthcheck(g).await,
         Command::Chaos(a) => chaos(g, a).await,
         Command::Chat { name, message } => chat(g, &name, message).await,
+        Command::Foreign { remove, containers } => foreign(g, remove, &containers).await,
         Command::Schema => {
             println!(
                 "{}",
@@ -533,8 +562,20 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         },
         concurrency: a.concurrency,
         resync_every: a.resync_interval,
+        reconcile_timeout: a.reconcile_timeout,
+        shutdown_grace: a.shutdown_grace,
+        stall_after: a.stall_after,
         ..controller::Config::default()
     };
+    let identity = store
+        .identity()
+        .await
+        .context("cannot read the store's identity")?;
+    info!(store = %identity, "store identity");
+    if let Some(path) = &a.store_id_file {
+        std::fs::write(path, format!("{identity}\n"))
+            .with_context(|| format!("{}: cannot write the store identity", path.display()))?;
+    }
     let token = std::env::var("ORCHESTRATOR_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -613,6 +654,75 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     signals.abort();
+    Ok(())
+}
+
+/// `foreign`: list (and with `remove`, remove) the containers of this instance that are not
+/// this store's.
+async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()> {
+    if g.server.is_some() {
+        bail!(
+            "foreign works on the Docker engine directly; run it without --server, beside the engine"
+        );
+    }
+    let store = g.store().await?;
+    let snap = store.list().await?;
+    let runtime = Runtime::connect(&g.instance)
+        .await
+        .context("cannot connect to the Docker engine")?;
+    let sessions: std::collections::HashMap<String, crate::resource::Session> = snap
+        .sessions
+        .into_iter()
+        .map(|s| (s.metadata.name.clone(), s))
+        .collect();
+    let names = runtime.names().await?;
+    let chosen: Vec<_> = runtime
+        .list(None, false)
+        .await?
+        .into_iter()
+        .filter(|c| {
+            crate::plan::ownership(c, &snap.identity, sessions.get(&c.session))
+                == crate::plan::Ownership::Foreign
+        })
+        .filter(|c| {
+            let name = names.get(&c.id).map(String::as_str).unwrap_or("");
+            only.is_empty()
+                || only
+                    .iter()
+                    .any(|o| c.id.starts_with(o.as_str()) || name == o.trim_start_matches('/'))
+        })
+        .collect();
+    if chosen.is_empty() {
+        eprintln!("no foreign containers (store {})", snap.identity);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<30} {:<20} {:<10} STORE",
+        "CONTAINER", "NAME", "SESSION", "STATE"
+    );
+    for c in &chosen {
+        println!(
+            "{:<14} {:<30} {:<20} {:<10} {}",
+            crate::runtime::short_id(&c.id),
+            names.get(&c.id).map(String::as_str).unwrap_or(""),
+            c.session,
+            format!("{:?}", c.state).to_lowercase(),
+            c.store.as_deref().unwrap_or("none")
+        );
+    }
+    if remove {
+        for c in &chosen {
+            runtime.remove(&c.id).await?;
+        }
+        eprintln!("removed {} foreign container(s)", chosen.len());
+    } else {
+        eprintln!(
+            "{} container(s) of instance {:?} are not this store's ({}); `--remove` removes them",
+            chosen.len(),
+            g.instance,
+            snap.identity
+        );
+    }
     Ok(())
 }
 

@@ -313,6 +313,7 @@ impl HttpWatch {
                 name: object.metadata.name.clone(),
                 status_only: false,
                 object: Some(object),
+                unreadable: None,
             });
         }
         Ok(out)

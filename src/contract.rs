@@ -32,9 +32,23 @@ pub const LABEL_GENERATION: &str = "orchestrator.mcp.dev/generation";
 pub const LABEL_INSTANCE: &str = "orchestrator.mcp.dev/instance";
 /// Label carrying the session uid, so a deleted and re-created session gets a new container.
 pub const LABEL_UID: &str = "orchestrator.mcp.dev/uid";
+/// Label carrying the identity of the store the session lives in (see
+/// [`crate::store::Store::identity`]): only containers of the same instance *and* store are
+/// ever adopted or removed automatically.
+pub const LABEL_STORE: &str = "orchestrator.mcp.dev/store";
 
 /// Bumped whenever the fixed hardening below changes, so existing containers get recreated.
-const CONTRACT_VERSION: &str = "1";
+const CONTRACT_VERSION: &str = "2";
+
+/// Log driver of every sandbox: set here, never left to the engine's default (which may
+/// keep logs without bound).
+pub const LOG_DRIVER: &str = "json-file";
+/// Largest size of one sandbox log file.
+pub const LOG_MAX_SIZE: &str = "10m";
+/// Number of sandbox log files kept.
+pub const LOG_MAX_FILES: &str = "3";
+/// Open-files limit (soft and hard) inside every sandbox.
+pub const NOFILE: i64 = 1024;
 
 /// Configurable bounds of the contract. The hardening itself is not configurable.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,15 +138,32 @@ pub struct Identity<'a> {
     pub uid: &'a str,
     /// Session generation.
     pub generation: i64,
+    /// Identity of the store the session lives in.
+    pub store: &'a str,
 }
 
 /// The predictable container name of a session: `mcp-<session>` for the default instance,
-/// `mcp-<instance>-<session>` otherwise.
+/// `mcp-<instance>.<session>` otherwise. Instances and sessions are DNS-1123 labels (no
+/// `.`), so two instances can never want the same name.
 pub fn container_name(instance: &str, session: &str) -> String {
     if instance == "default" {
         format!("mcp-{session}")
     } else {
-        format!("mcp-{instance}-{session}")
+        format!("mcp-{instance}.{session}")
+    }
+}
+
+/// Is `instance` a usable orchestrator instance name (a DNS-1123 label of at most 32
+/// characters: it goes into Redis keys, labels and container names)?
+pub fn validate_instance(instance: &str) -> Result<(), String> {
+    if instance.len() <= 32 && crate::admission::is_dns1123_label(instance) {
+        Ok(())
+    } else {
+        Err(format!(
+            "instance {:?} must be a DNS-1123 label of at most 32 characters (lowercase \
+             alphanumerics and '-')",
+            instance.escape_debug().to_string()
+        ))
     }
 }
 
@@ -305,6 +336,7 @@ impl Sandbox {
             (LABEL_SPEC_HASH.to_string(), hash),
             (LABEL_GENERATION.to_string(), id.generation.to_string()),
             (LABEL_UID.to_string(), id.uid.to_string()),
+            (LABEL_STORE.to_string(), id.store.to_string()),
         ]);
         body.labels = Some(labels);
         body
@@ -353,6 +385,18 @@ impl Sandbox {
                 maximum_retry_count: None,
             }),
             init: Some(false),
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some(LOG_DRIVER.into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                    ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+                ])),
+            }),
+            ulimits: Some(vec![bollard::models::ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(NOFILE),
+                hard: Some(NOFILE),
+            }]),
             ..HostConfig::default()
         };
         let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -378,9 +422,32 @@ impl Sandbox {
 fn hash_body(body: &ContainerCreateBody) -> String {
     let mut h = Sha256::new();
     h.update(CONTRACT_VERSION.as_bytes());
-    // serde_json output of the body is stable: fixed field order, sorted env, one tmpfs key.
-    h.update(serde_json::to_vec(body).unwrap_or_default());
+    // The body holds hash maps (tmpfs, log options): hash a canonical form, keys sorted.
+    let value = serde_json::to_value(body).unwrap_or_default();
+    h.update(canonical_json(&value).as_bytes());
     hex::encode(&h.finalize()[..8])
+}
+
+/// JSON text with every object's keys sorted, whatever map type produced it.
+fn canonical_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let sorted: BTreeMap<&String, String> =
+                m.iter().map(|(k, v)| (k, canonical_json(v))).collect();
+            let fields: Vec<String> = sorted
+                .into_iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::Value::String(k.clone())))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Add `:latest` to an image reference without a tag or digest.
@@ -519,6 +586,7 @@ mod tests {
             session: "demo",
             uid: "u1",
             generation: 3,
+            store: "s1",
         });
         let host = body.host_config.as_ref().unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
@@ -534,6 +602,13 @@ mod tests {
         assert_eq!(labels[LABEL_SESSION], "demo");
         assert_eq!(labels[LABEL_GENERATION], "3");
         assert_eq!(labels[LABEL_SPEC_HASH], sb.spec_hash());
+        assert_eq!(labels[LABEL_STORE], "s1");
+        let log = host.log_config.as_ref().unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.as_ref().unwrap()["max-size"], "10m");
+        let ulimits = host.ulimits.as_ref().unwrap();
+        assert_eq!(ulimits[0].name.as_deref(), Some("nofile"));
+        assert_eq!(ulimits[0].hard, Some(1024));
     }
 
     #[test]
@@ -610,6 +685,12 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(container_name("default", "demo"), "mcp-demo");
-        assert_eq!(container_name("t1", "demo"), "mcp-t1-demo");
+        assert_eq!(container_name("t1", "demo"), "mcp-t1.demo");
+        assert_ne!(container_name("a-b", "c"), container_name("a", "b-c"));
+        assert!(validate_instance("default").is_ok());
+        assert!(validate_instance("team-1").is_ok());
+        for bad in ["", "A", "a.b", "a_b", "-a", &"a".repeat(33), "a\nb"] {
+            assert!(validate_instance(bad).is_err(), "{bad:?}");
+        }
     }
 }

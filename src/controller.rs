@@ -6,22 +6,39 @@
 //! desired session from the local cache (fed by the store watch), lists the session's
 //! containers, asks [`crate::plan::plan`] what to do, executes that, and writes status back
 //! with a compare-and-swap.
+//!
+//! ## Supervision
+//! Nothing here is fire-and-forget. Reconciles run in a `JoinSet` under a timeout and
+//! `catch_unwind`: a panic or a hang becomes a failed reconcile (counted, recorded as an event,
+//! retried with the key's backoff), never a lost concurrency slot. The resync, the store
+//! watcher, the Docker event watcher and the scheduler itself are restarted after a panic
+//! ([`supervise`]). On shutdown, running reconciles get [`Config::shutdown_grace`] to finish
+//! and are then aborted, so `serve` always stops. [`Handle::health`] turns `/readyz` unready
+//! when the scheduler stops or makes no progress while work waits.
+//!
+//! ## Ownership
+//! Only containers of this instance *and* this store ([`crate::plan::ownership`]) are planned
+//! over. Others — another Redis behind the same instance name, or this store before a reset —
+//! are counted, logged and left alone.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::expect::Expectations;
 use crate::metrics::Metrics;
-use crate::plan::{self, Action, CrashState, Input, Settings};
+use crate::plan::{self, Action, CrashState, Input, Observed, Ownership, Settings};
 use crate::queue::{Outcome, WorkQueue};
 use crate::resource::{Phase, Session};
 use crate::runtime::{Runtime, RuntimeError};
@@ -51,6 +68,12 @@ pub struct Config {
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_max: Duration,
+    /// A reconcile running longer than this is abandoned and counted as failed.
+    pub reconcile_timeout: Duration,
+    /// On shutdown, how long running reconciles may finish before they are aborted.
+    pub shutdown_grace: Duration,
+    /// `/readyz` is unready when work waits and no reconcile finished for this long.
+    pub stall_after: Duration,
 }
 
 impl Default for Config {
@@ -61,14 +84,36 @@ impl Default for Config {
             resync_every: Duration::from_secs(30),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
+            reconcile_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            stall_after: Duration::from_secs(90),
         }
     }
 }
 
+/// How long the store watcher blocks per read; also the longest a store reset without any
+/// later write goes unnoticed.
+const WATCH_BLOCK: Duration = Duration::from_secs(2);
+
 enum Trigger {
+    /// Something happened to this session's containers (or a resync found drift).
     Key(String),
+    /// The session's desired state changed: a fresh attempt, backoff forgotten.
+    Changed(String),
+    /// A relist: every key, backoff forgotten.
     Keys(Vec<String>),
     Resync,
+}
+
+/// What `/readyz` needs to know about the scheduler.
+#[derive(Debug)]
+struct Progress {
+    /// The scheduler loop is running.
+    alive: bool,
+    /// Keys ready or running at the last look.
+    busy: usize,
+    /// The last time a reconcile finished, or the queue was seen idle.
+    last: std::time::Instant,
 }
 
 struct Shared {
@@ -84,6 +129,15 @@ struct Shared {
     listed: AtomicBool,
     /// Docker events the reconciles caused themselves (see [`crate::expect`]).
     expect: Mutex<Expectations>,
+    /// The identity of the store, as of the last list (labels new containers, decides which
+    /// containers are ours).
+    store_id: RwLock<String>,
+    /// Stored objects that cannot be decoded (name → why): never planned, their containers
+    /// never touched.
+    unreadable: RwLock<HashMap<String, String>>,
+    /// Containers of this instance that belong to another store, as of the last resync.
+    foreign: RwLock<Vec<Observed>>,
+    progress: Mutex<Progress>,
 }
 
 /// The reconciler. Clone-free: build it, then [`Controller::run`] it.
@@ -101,6 +155,46 @@ impl Handle {
     /// True once the first store list and Docker resync completed.
     pub fn synced(&self) -> bool {
         self.shared.synced.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` while the controller makes progress; otherwise why not (for `/readyz`): the
+    /// scheduler is not running, or work waits and nothing finished for `stall_after`.
+    pub fn health(&self) -> Result<(), String> {
+        let p = self
+            .shared
+            .progress
+            .lock()
+            .map_err(|_| "controller state is poisoned".to_string())?;
+        if !p.alive {
+            return Err("the controller's scheduler is not running".into());
+        }
+        let idle_for = p.last.elapsed();
+        if p.busy > 0 && idle_for > self.shared.config.stall_after {
+            return Err(format!(
+                "no reconcile finished for {}s while {} wait",
+                idle_for.as_secs(),
+                p.busy
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stored objects this build cannot decode (name → why), set aside.
+    pub fn unreadable(&self) -> HashMap<String, String> {
+        self.shared
+            .unreadable
+            .read()
+            .map(|u| u.clone())
+            .unwrap_or_default()
+    }
+
+    /// Containers of this instance that belong to another store (last resync).
+    pub fn foreign(&self) -> Vec<Observed> {
+        self.shared
+            .foreign
+            .read()
+            .map(|f| f.clone())
+            .unwrap_or_default()
     }
 
     /// Count cached sessions by phase into the `mcpo_sessions` gauge.
@@ -143,6 +237,14 @@ impl Controller {
                 metrics,
                 listed: AtomicBool::new(false),
                 expect: Mutex::new(Expectations::new(EXPECTATION_TTL)),
+                store_id: RwLock::new(String::new()),
+                unreadable: RwLock::new(HashMap::new()),
+                foreign: RwLock::new(Vec::new()),
+                progress: Mutex::new(Progress {
+                    alive: false,
+                    busy: 0,
+                    last: std::time::Instant::now(),
+                }),
             }),
         }
     }
@@ -154,44 +256,167 @@ impl Controller {
         }
     }
 
-    /// Run until `shutdown` is cancelled, then let running reconciles finish.
+    /// Run until `shutdown` is cancelled; running reconciles then get
+    /// [`Config::shutdown_grace`] to finish before they are aborted.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let s = self.shared.clone();
-        let watch = tokio::spawn(watch_store(s.clone(), tx.clone(), shutdown.clone()));
-        let events = tokio::spawn(watch_docker(s.clone(), tx.clone(), shutdown.clone()));
-        let timer = {
-            let tx = tx.clone();
+        let watch = tokio::spawn(supervise(s.clone(), "store-watch", shutdown.clone(), {
+            let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
+            move || watch_store(s.clone(), tx.clone(), shutdown.clone())
+        }));
+        let events = tokio::spawn(supervise(s.clone(), "docker-events", shutdown.clone(), {
+            let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
+            move || watch_docker(s.clone(), tx.clone(), shutdown.clone())
+        }));
+        let timer = tokio::spawn(supervise(s.clone(), "resync-timer", shutdown.clone(), {
+            let (tx, shutdown) = (tx.clone(), shutdown.clone());
             let every = s.config.resync_every;
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tick.tick() => { let _ = tx.send(Trigger::Resync); }
+            move || {
+                let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                async move {
+                    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tick.tick() => { let _ = tx.send(Trigger::Resync); }
+                        }
                     }
                 }
-            })
-        };
-        schedule(s, rx, tx, shutdown).await;
+            }
+        }));
+        // The scheduler is supervised in place: after a panic it starts again with a fresh
+        // queue, every known key and a resync, so nothing waits forever.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result =
+                AssertUnwindSafe(schedule(s.clone(), &mut rx, tx.clone(), shutdown.clone()))
+                    .catch_unwind()
+                    .await;
+            match result {
+                Ok(()) => break,
+                Err(panic) => {
+                    task_panicked(&s, "scheduler", &panic);
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let keys: Vec<String> = s
+                        .cache
+                        .read()
+                        .map(|c| c.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let _ = tx.send(Trigger::Keys(keys));
+                    let _ = tx.send(Trigger::Resync);
+                }
+            }
+        }
+        if let Ok(mut p) = s.progress.lock() {
+            p.alive = false;
+        }
         let _ = tokio::join!(watch, events, timer);
         info!("controller stopped");
     }
 }
 
+/// The panic payload as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+fn task_panicked(s: &Shared, task: &str, panic: &(dyn std::any::Any + Send)) {
+    s.metrics.task_panics.with_label_values(&[task]).inc();
+    error!(task, panic = %panic_message(panic), "task panicked; it is restarted");
+}
+
+/// Run the task `make()` until shutdown; a panic is counted and the task started again
+/// after a backoff (100 ms doubling to 5 s). A task that returns ends supervision.
+async fn supervise<F, Fut>(s: Arc<Shared>, task: &'static str, shutdown: CancellationToken, make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match AssertUnwindSafe(make()).catch_unwind().await {
+            Ok(()) => return,
+            Err(panic) => {
+                task_panicked(&s, task, &panic);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One reconcile, supervised: a timeout or a panic is a failure like any other, counted by
+/// result and recorded as an event on the session.
+async fn reconcile_supervised(s: Arc<Shared>, key: String) -> (String, Outcome) {
+    let started = Instant::now();
+    let run = tokio::time::timeout(s.config.reconcile_timeout, reconcile(&s, &key));
+    let (label, outcome) = match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(Ok(Ok(after))) => ("success", Outcome::Done(after)),
+        Ok(Ok(Err(e))) => {
+            match &e {
+                ControllerError::Runtime(_) => s.metrics.docker_errors.inc(),
+                ControllerError::Store(_) => s.metrics.redis_errors.inc(),
+            }
+            warn!(error = %e, "reconcile failed");
+            ("error", Outcome::Failed)
+        }
+        Ok(Err(_)) => {
+            let message = format!(
+                "reconcile did not finish within {}s; abandoned and retried",
+                s.config.reconcile_timeout.as_secs()
+            );
+            warn!("{message}");
+            event(&s, &key, "Warning", "ReconcileTimeout", message).await;
+            ("timeout", Outcome::Failed)
+        }
+        Err(panic) => {
+            task_panicked(&s, "reconcile", &panic);
+            let message = format!(
+                "reconcile panicked ({}); retried with backoff",
+                panic_message(&panic)
+            );
+            event(&s, &key, "Warning", "ReconcilePanic", message).await;
+            ("panic", Outcome::Failed)
+        }
+    };
+    s.metrics.reconciles.with_label_values(&[label]).inc();
+    s.metrics
+        .reconcile_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    (key, outcome)
+}
+
 /// The scheduler: owns the queue, runs up to `concurrency` reconciles.
 async fn schedule(
     s: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    rx: &mut mpsc::UnboundedReceiver<Trigger>,
     tx: mpsc::UnboundedSender<Trigger>,
     shutdown: CancellationToken,
 ) {
     let mut queue = WorkQueue::new(s.config.retry_base, s.config.retry_max);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Outcome)>();
+    let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
+    let mut running_keys: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut resyncing = false;
     let mut resync_again = false;
+    let mut stop_by: Option<Instant> = None;
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Result<Vec<String>, String>>();
+    if let Ok(mut p) = s.progress.lock() {
+        p.alive = true;
+        p.last = std::time::Instant::now();
+    }
     loop {
         queue.promote(Instant::now());
         while queue.active_len() < s.config.concurrency.max(1)
@@ -199,56 +424,80 @@ async fn schedule(
             && s.listed.load(Ordering::Acquire)
         {
             let Some(key) = queue.pop() else { break };
-            let s = s.clone();
-            let done_tx = done_tx.clone();
             let span = info_span!("reconcile", session = %key);
-            tokio::spawn(
-                async move {
-                    let started = Instant::now();
-                    let result = reconcile(&s, &key).await;
-                    let label = if result.is_ok() { "success" } else { "error" };
-                    s.metrics.reconciles.with_label_values(&[label]).inc();
-                    s.metrics
-                        .reconcile_duration
-                        .with_label_values(&[label])
-                        .observe(started.elapsed().as_secs_f64());
-                    let outcome = match result {
-                        Ok(after) => Outcome::Done(after),
-                        Err(e) => {
-                            match &e {
-                                ControllerError::Runtime(_) => s.metrics.docker_errors.inc(),
-                                ControllerError::Store(_) => s.metrics.redis_errors.inc(),
-                            }
-                            warn!(error = %e, "reconcile failed");
-                            Outcome::Failed
-                        }
-                    };
-                    let _ = done_tx.send((key, outcome));
-                }
-                .instrument(span),
-            );
+            let handle =
+                running.spawn(reconcile_supervised(s.clone(), key.clone()).instrument(span));
+            running_keys.insert(handle.id(), key);
         }
+        let busy = queue.ready_len() + queue.active_len();
         s.metrics
             .queue_depth
             .set((queue.ready_len() + queue.delayed_len()) as i64);
-        if shutdown.is_cancelled() && queue.active_len() == 0 {
-            break;
+        if let Ok(mut p) = s.progress.lock() {
+            p.busy = busy;
+            if busy == 0 {
+                p.last = std::time::Instant::now();
+            }
         }
-        let sleep_until = queue
-            .next_deadline()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        if shutdown.is_cancelled() {
+            let by = *stop_by.get_or_insert_with(|| Instant::now() + s.config.shutdown_grace);
+            if running.is_empty() {
+                break;
+            }
+            if Instant::now() >= by {
+                warn!(
+                    running = running.len(),
+                    "shutdown grace passed; aborting the reconciles still running"
+                );
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                break;
+            }
+        }
+        let sleep_until = match (queue.next_deadline(), stop_by) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        };
         tokio::select! {
             _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
-            Some((key, outcome)) = done_rx.recv() => queue.done(&key, outcome, Instant::now()),
+            Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                let (key, outcome) = match joined {
+                    Ok((id, (key, outcome))) => {
+                        running_keys.remove(&id);
+                        (key, outcome)
+                    }
+                    // Only an abort gets here (panics are caught inside); still a failure.
+                    Err(e) => match running_keys.remove(&e.id()) {
+                        Some(key) => (key, Outcome::Failed),
+                        None => continue,
+                    },
+                };
+                if let Ok(mut p) = s.progress.lock() {
+                    p.last = std::time::Instant::now();
+                }
+                queue.done(&key, outcome, Instant::now());
+            }
             Some(t) = rx.recv() => match t {
                 Trigger::Key(k) => queue.add(&k),
-                Trigger::Keys(ks) => ks.iter().for_each(|k| queue.add(k)),
+                Trigger::Changed(k) => queue.reset(&k),
+                Trigger::Keys(ks) => ks.iter().for_each(|k| queue.reset(k)),
                 Trigger::Resync if resyncing => resync_again = true,
                 Trigger::Resync => {
                     resyncing = true;
                     let s = s.clone();
                     let resync_tx = resync_tx.clone();
-                    tokio::spawn(async move { let _ = resync_tx.send(resync(&s).await); });
+                    tokio::spawn(async move {
+                        let result = match AssertUnwindSafe(resync(&s)).catch_unwind().await {
+                            Ok(r) => r,
+                            Err(panic) => {
+                                task_panicked(&s, "resync", &panic);
+                                Err(format!("resync panicked: {}", panic_message(&panic)))
+                            }
+                        };
+                        let _ = resync_tx.send(result);
+                    });
                 }
             },
             Some(r) = resync_rx.recv() => {
@@ -274,6 +523,17 @@ async fn schedule(
     }
 }
 
+/// Split `containers` into this store's and the others (see [`plan::ownership`]).
+fn partition_owned(
+    containers: Vec<Observed>,
+    store: &str,
+    sessions: &HashMap<String, Session>,
+) -> (Vec<Observed>, Vec<Observed>) {
+    containers
+        .into_iter()
+        .partition(|c| plan::ownership(c, store, sessions.get(&c.session)) == Ownership::Ours)
+}
+
 /// One full pass: list every managed container once, plan every session against it, and
 /// return the keys whose plan is not a no-op. No per-session Docker calls.
 async fn resync(s: &Shared) -> Result<Vec<String>, String> {
@@ -283,17 +543,24 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
         .list(None, false)
         .await
         .map_err(|e| e.to_string())?;
+    let sessions = s.cache.read().map(|c| c.clone()).unwrap_or_default();
+    let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
+    let unreadable = s.unreadable.read().map(|u| u.clone()).unwrap_or_default();
+    let (ours, foreign) = partition_owned(containers, &store, &sessions);
+    report_foreign(s, foreign);
     let mut by_session: HashMap<String, Vec<plan::Observed>> = HashMap::new();
-    for c in containers {
+    for c in ours {
         by_session.entry(c.session.clone()).or_default().push(c);
     }
-    let sessions = s.cache.read().map(|c| c.clone()).unwrap_or_default();
     let crash = s.crash.lock().map(|c| c.clone()).unwrap_or_default();
     let now = Utc::now();
     let names: HashSet<&String> = sessions.keys().chain(by_session.keys()).collect();
     let empty = Vec::new();
     let mut keys = Vec::new();
     for name in names {
+        if unreadable.contains_key(name) {
+            continue;
+        }
         let session = sessions.get(name);
         let p = plan::plan(
             &Input {
@@ -302,6 +569,7 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
                 containers: by_session.get(name).unwrap_or(&empty),
                 crash: crash.get(name).unwrap_or(&CrashState::default()),
                 now,
+                store: &store,
             },
             &s.config.settings,
         );
@@ -319,6 +587,24 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
         "resync"
     );
     Ok(keys)
+}
+
+/// Publish the containers of another store: gauge, and a log line when the set changes.
+fn report_foreign(s: &Shared, foreign: Vec<Observed>) {
+    s.metrics.foreign_containers.set(foreign.len() as i64);
+    if let Ok(mut f) = s.foreign.write() {
+        let ids = |v: &[Observed]| v.iter().map(|c| c.id.clone()).collect::<HashSet<_>>();
+        if ids(&f) != ids(&foreign) && !foreign.is_empty() {
+            warn!(
+                count = foreign.len(),
+                containers = ?foreign.iter().map(|c| format!("{} ({})", short(&c.id), c.session)).collect::<Vec<_>>(),
+                "containers of this instance belong to another store (another Redis with the same \
+                 instance name, or this store before a reset); they are left alone: see \
+                 `mcp-orchestrator foreign`"
+            );
+        }
+        *f = foreign;
+    }
 }
 
 /// How long an expected Docker event is waited for before it no longer swallows one.
@@ -352,8 +638,20 @@ async fn event(s: &Shared, name: &str, type_: &str, reason: &str, message: Strin
 async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, ControllerError> {
     // The benchmark's change latency (a store write → here) is read off this line.
     debug!("reconcile start");
+    if s.unreadable.read().is_ok_and(|u| u.contains_key(name)) {
+        // Its desired state is unknown: leave its containers exactly as they are.
+        debug!("stored object is unreadable; not reconciled");
+        return Ok(None);
+    }
     let session = s.cache.read().ok().and_then(|c| c.get(name).cloned());
-    let containers = s.runtime.list(Some(name), true).await?;
+    let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
+    let containers: Vec<Observed> = s
+        .runtime
+        .list(Some(name), true)
+        .await?
+        .into_iter()
+        .filter(|c| plan::ownership(c, &store, session.as_ref()) == Ownership::Ours)
+        .collect();
     debug!(containers = containers.len(), "observed");
     let crash = s
         .crash
@@ -368,6 +666,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             containers: &containers,
             crash: &crash,
             now: Utc::now(),
+            store: &store,
         },
         &s.config.settings,
     );
@@ -536,11 +835,11 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    crate::runtime::short_id(id)
 }
 
 /// Keep the cache in step with the store: list, then follow the change stream; relist after
-/// any error (Redis restart, trimmed stream).
+/// any error (Redis restart, trimmed stream, a reset store).
 async fn watch_store(
     s: Arc<Shared>,
     tx: mpsc::UnboundedSender<Trigger>,
@@ -550,12 +849,37 @@ async fn watch_store(
     while !shutdown.is_cancelled() {
         let result: Result<(), StoreError> = async {
             let snap = s.store.list().await?;
-            let mut watch = s.store.watch(snap.revision).await?;
+            let mut watch = s.store.watch_from(snap.revision, &snap.identity).await?;
             let mut keys: HashSet<String> = snap
                 .sessions
                 .iter()
                 .map(|x| x.metadata.name.clone())
                 .collect();
+            if let Ok(mut id) = s.store_id.write() {
+                if !id.is_empty() && *id != snap.identity {
+                    s.metrics.store_resets.inc();
+                    warn!(
+                        old = %id,
+                        new = %snap.identity,
+                        "the store was reset (its identity changed): the sandboxes of the old \
+                         store are left alone and reported as foreign; remove them with \
+                         `mcp-orchestrator foreign --remove` once you are sure"
+                    );
+                }
+                *id = snap.identity.clone();
+            }
+            if let Ok(mut u) = s.unreadable.write() {
+                keys.extend(u.keys().cloned());
+                *u = snap
+                    .unreadable
+                    .iter()
+                    .map(|x| (x.name.clone(), x.reason.clone()))
+                    .collect();
+                for x in &snap.unreadable {
+                    warn!(session = %x.name, reason = %x.reason, "stored session is unreadable; set aside");
+                }
+                s.metrics.unreadable_sessions.set(u.len() as i64);
+            }
             if let Ok(mut c) = s.cache.write() {
                 keys.extend(c.keys().cloned());
                 *c = snap
@@ -568,6 +892,7 @@ async fn watch_store(
             info!(
                 sessions = keys.len(),
                 revision = snap.revision,
+                store = %snap.identity,
                 "store listed"
             );
             let _ = tx.send(Trigger::Keys(keys.into_iter().collect()));
@@ -576,9 +901,21 @@ async fn watch_store(
             loop {
                 let batch = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    b = watch.next_batch(Duration::from_secs(10)) => b?,
+                    b = watch.next_batch(WATCH_BLOCK) => b?,
                 };
                 for ev in batch {
+                    if let Ok(mut u) = s.unreadable.write() {
+                        match &ev.unreadable {
+                            Some(reason) if ev.kind != crate::store::EventType::Deleted => {
+                                warn!(session = %ev.name, %reason, "stored session is unreadable; set aside");
+                                u.insert(ev.name.clone(), reason.clone());
+                            }
+                            _ => {
+                                u.remove(&ev.name);
+                            }
+                        }
+                        s.metrics.unreadable_sessions.set(u.len() as i64);
+                    }
                     if let Ok(mut c) = s.cache.write() {
                         match (&ev.kind, ev.object) {
                             (crate::store::EventType::Deleted, _) | (_, None) => {
@@ -590,7 +927,7 @@ async fn watch_store(
                         }
                     }
                     if !ev.status_only {
-                        let _ = tx.send(Trigger::Key(ev.name));
+                        let _ = tx.send(Trigger::Changed(ev.name));
                     }
                 }
             }
@@ -598,7 +935,7 @@ async fn watch_store(
         .await;
         if let Err(e) = result {
             s.metrics.redis_errors.inc();
-            warn!(error = %e, "store watch interrupted; reconnecting");
+            warn!(error = %e, "store watch interrupted; relisting");
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(delay) => {}

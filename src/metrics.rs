@@ -9,7 +9,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Reconciles by result (`success`, `error`).
+    /// Reconciles by result (`success`, `error`, `timeout`, `panic`).
     pub reconciles: IntCounterVec,
     /// Reconcile duration in seconds.
     pub reconcile_duration: HistogramVec,
@@ -25,6 +25,14 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// HTTP requests by method and status code.
     pub http_requests: IntCounterVec,
+    /// Background tasks that panicked (and were restarted or counted as failed), by task.
+    pub task_panics: IntCounterVec,
+    /// Containers of this instance that belong to another store (left alone).
+    pub foreign_containers: IntGauge,
+    /// Stored sessions this build cannot decode (set aside).
+    pub unreadable_sessions: IntGauge,
+    /// Store resets noticed (the store's identity changed under the controller).
+    pub store_resets: IntCounter,
 }
 
 impl Default for Metrics {
@@ -75,8 +83,35 @@ impl Metrics {
             &["method", "code"],
         )
         .expect("valid metric");
+        let task_panics = IntCounterVec::new(
+            Opts::new(
+                "mcpo_task_panics_total",
+                "Background tasks that panicked, by task.",
+            ),
+            &["task"],
+        )
+        .expect("valid metric");
+        let foreign_containers = IntGauge::new(
+            "mcpo_foreign_containers",
+            "Containers of this instance that belong to another store (left alone).",
+        )
+        .expect("valid");
+        let unreadable_sessions = IntGauge::new(
+            "mcpo_unreadable_sessions",
+            "Stored sessions this build cannot decode (set aside).",
+        )
+        .expect("valid");
+        let store_resets = IntCounter::new(
+            "mcpo_store_resets_total",
+            "Store resets noticed (the store's identity changed).",
+        )
+        .expect("valid");
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(task_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(foreign_containers.clone()),
+            Box::new(unreadable_sessions.clone()),
+            Box::new(store_resets.clone()),
+            Box::new(reconciles.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(queue_depth.clone()),
             Box::new(sessions.clone()),
@@ -87,7 +122,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric names");
         }
-        for r in ["success", "error"] {
+        for r in ["success", "error", "timeout", "panic"] {
             reconciles.with_label_values(&[r]);
         }
         Metrics {
@@ -100,6 +135,10 @@ impl Metrics {
             docker_errors,
             redis_errors,
             http_requests,
+            task_panics,
+            foreign_containers,
+            unreadable_sessions,
+            store_resets,
         }
     }
 

@@ -171,6 +171,16 @@ pub async fn apply(
             None if dry_run => return Ok((Applied::Created, next)),
             None => store.create(&next).await.map(|s| (Applied::Created, s)),
             Some(cur) => {
+                // The precondition holds for every write, a no-op one included.
+                if let Some(want) = desired.metadata.resource_version.as_deref()
+                    && Some(want) != cur.metadata.resource_version.as_deref()
+                {
+                    return Err(OpsError::Store(StoreError::Conflict {
+                        name: desired.name().to_string(),
+                        expected: want.to_string(),
+                        current: cur.metadata.resource_version.clone().unwrap_or_default(),
+                    }));
+                }
                 let unchanged = cur.metadata.labels == next.metadata.labels
                     && cur.metadata.annotations == next.metadata.annotations
                     && cur.spec == next.spec;
@@ -330,15 +340,36 @@ pub async fn delete(
     resource_version: Option<&str>,
     source: &str,
 ) -> Result<Session, OpsError> {
-    let current = store
-        .get(name)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-    check_owner(&current, source)?;
-    let rv = resource_version
-        .map(str::to_string)
-        .or_else(|| current.metadata.resource_version.clone());
-    Ok(store.delete(name, rv.as_deref()).await?)
+    // Without a precondition, a write that lands between our read and our delete (the
+    // controller's status write, say) is not the caller's concern: read again and retry.
+    for _ in 0..5 {
+        let current = match store.get(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(StoreError::NotFound(name.to_string()).into()),
+            // An object this build cannot read (newer schema, corrupt) can still be deleted:
+            // that is how an operator clears it.
+            Err(StoreError::Corrupt { .. }) => {
+                store.delete_unreadable(name, resource_version).await?;
+                let mut gone = Session::new(name, "");
+                gone.metadata.resource_version = resource_version.map(str::to_string);
+                return Ok(gone);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        check_owner(&current, source)?;
+        let rv = resource_version
+            .map(str::to_string)
+            .or_else(|| current.metadata.resource_version.clone());
+        match store.delete(name, rv.as_deref()).await {
+            Err(StoreError::Conflict { .. }) if resource_version.is_none() => continue,
+            other => return Ok(other?),
+        }
+    }
+    Err(OpsError::Store(StoreError::Conflict {
+        name: name.to_string(),
+        expected: "latest".into(),
+        current: "changing too fast".into(),
+    }))
 }
 
 #[cfg(test)]

@@ -60,6 +60,8 @@ pub struct Observed {
     pub generation: Option<i64>,
     /// Session uid label.
     pub uid: Option<String>,
+    /// Store identity label (`None` on containers made before stores had identities).
+    pub store: Option<String>,
     /// Creation time, unix seconds.
     pub created: i64,
     /// Exit details, when the container is not running and was inspected.
@@ -173,6 +175,35 @@ pub struct Input<'a> {
     pub crash: &'a CrashState,
     /// The current time.
     pub now: DateTime<Utc>,
+    /// Identity of the store the session lives in; new containers carry it.
+    pub store: &'a str,
+}
+
+/// Whether a container of this instance is ours to adopt, replace or remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// It carries this store's identity, or it predates store identities and its uid is the
+    /// uid of this store's session of that name (taken over once, see the README).
+    Ours,
+    /// It belongs to another store (another Redis, or this one before a reset), or it
+    /// predates identities and no session of this store claims it. Never touched
+    /// automatically: reported, and removed only by an operator.
+    Foreign,
+}
+
+/// Whose is `container`, for the store `store` whose session of that name is `session`?
+pub fn ownership(container: &Observed, store: &str, session: Option<&Session>) -> Ownership {
+    match container.store.as_deref() {
+        Some(s) if s == store => Ownership::Ours,
+        Some(_) => Ownership::Foreign,
+        None => match (
+            session.and_then(|s| s.metadata.uid.as_deref()),
+            &container.uid,
+        ) {
+            (Some(uid), Some(label)) if uid == label => Ownership::Ours,
+            _ => Ownership::Foreign,
+        },
+    }
 }
 
 /// Crash-loop delay for the n-th consecutive crash: the first restart is immediate, then
@@ -325,6 +356,7 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
             instance: &s.instance,
             session: input.name,
             uid: &uid,
+            store: input.store,
             generation: generation.unwrap_or(0),
         })),
     };
@@ -501,6 +533,7 @@ mod tests {
             spec_hash: Some(sb.spec_hash()),
             generation: s.metadata.generation,
             uid: s.metadata.uid.clone(),
+            store: Some("s".into()),
             created: 1,
             exit: None,
         }
@@ -535,6 +568,7 @@ mod tests {
                 containers,
                 crash,
                 now,
+                store: "s",
             },
             &Settings::default(),
         )
@@ -769,5 +803,29 @@ mod tests {
                 c.last_transition_time = t;
             }
         }
+    }
+
+    #[test]
+    fn only_this_stores_containers_are_ours() {
+        let s = session("demo");
+        let mine = container(&s, "c1", ContainerState::Running);
+        assert_eq!(ownership(&mine, "s", Some(&s)), Ownership::Ours);
+        assert_eq!(ownership(&mine, "other", Some(&s)), Ownership::Foreign);
+        assert_eq!(ownership(&mine, "other", None), Ownership::Foreign);
+        let mut legacy = mine.clone();
+        legacy.store = None;
+        assert_eq!(
+            ownership(&legacy, "s", Some(&s)),
+            Ownership::Ours,
+            "same uid"
+        );
+        assert_eq!(
+            ownership(&legacy, "s", None),
+            Ownership::Foreign,
+            "nobody claims it"
+        );
+        let mut other = s.clone();
+        other.metadata.uid = Some("another-uid".into());
+        assert_eq!(ownership(&legacy, "s", Some(&other)), Ownership::Foreign);
     }
 }

@@ -4,7 +4,10 @@
 //! - one pending slot per key: triggers for a queued key coalesce;
 //! - a key is never handed out twice at once: a trigger while it is active marks it dirty,
 //!   and it is queued again when the active reconcile finishes;
-//! - failures are retried after a per-key exponential backoff that resets on success;
+//! - failures are retried after a per-key exponential backoff that resets on success, and
+//!   that backoff **holds**: while a key waits out a failure, triggers (Docker events, the
+//!   resync) do not run it early — client-go's `AddRateLimited` versus `Add`. Only
+//!   [`WorkQueue::reset`] (a new desired state, e.g. a spec write) drops the wait;
 //! - delayed requeues keep the earliest deadline.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -31,6 +34,8 @@ pub struct WorkQueue {
     delayed: BTreeSet<(Instant, String)>,
     deadline: HashMap<String, Instant>,
     failures: HashMap<String, u32>,
+    /// Keys waiting out a failure backoff, with the time they may run again.
+    backing_off: HashMap<String, Instant>,
     base: Duration,
     max: Duration,
 }
@@ -46,15 +51,21 @@ impl WorkQueue {
             delayed: BTreeSet::new(),
             deadline: HashMap::new(),
             failures: HashMap::new(),
+            backing_off: HashMap::new(),
             base,
             max,
         }
     }
 
-    /// Trigger `key` now.
+    /// Trigger `key` now — or, while it waits out a failure backoff, when that ends (the
+    /// trigger is kept, not lost, and cannot shorten the wait).
     pub fn add(&mut self, key: &str) {
         if self.active.contains(key) {
             self.dirty.insert(key.to_string());
+            return;
+        }
+        if self.backing_off.contains_key(key) {
+            // Already scheduled at the end of its backoff (see `done`): nothing to do.
             return;
         }
         if let Some(at) = self.deadline.remove(key) {
@@ -67,7 +78,10 @@ impl WorkQueue {
 
     /// Trigger `key` at `at`, unless it is due earlier anyway.
     pub fn add_at(&mut self, key: &str, at: Instant) {
-        if self.queued.contains(key) || self.dirty.contains(key) {
+        if self.queued.contains(key)
+            || self.dirty.contains(key)
+            || self.backing_off.contains_key(key)
+        {
             return;
         }
         if let Some(&cur) = self.deadline.get(key) {
@@ -80,6 +94,20 @@ impl WorkQueue {
         self.delayed.insert((at, key.to_string()));
     }
 
+    /// Forget `key`'s failures and any backoff it waits out, then trigger it now: for a new
+    /// desired state, which deserves a fresh attempt.
+    pub fn reset(&mut self, key: &str) {
+        self.failures.remove(key);
+        self.backing_off.remove(key);
+        self.add(key);
+    }
+
+    /// Forget everything about `key` that outlives a reconcile (its failure count), e.g.
+    /// when the session is deleted. A pending trigger stays.
+    pub fn forget(&mut self, key: &str) {
+        self.failures.remove(key);
+    }
+
     /// Move every delayed key that is due by `now` to the ready queue.
     pub fn promote(&mut self, now: Instant) {
         while let Some((at, key)) = self.delayed.first().cloned() {
@@ -88,6 +116,7 @@ impl WorkQueue {
             }
             self.delayed.pop_first();
             self.deadline.remove(&key);
+            self.backing_off.remove(&key);
             self.add(&key);
         }
     }
@@ -115,9 +144,15 @@ impl WorkQueue {
             }
             Outcome::Failed => {
                 let n = self.failures.entry(key.to_string()).or_insert(0);
-                *n += 1;
+                *n = n.saturating_add(1);
                 let n = *n;
-                Some(self.backoff(n))
+                let at = now + self.backoff(n);
+                // Triggers that arrived meanwhile wait for the backoff too.
+                self.dirty.remove(key);
+                self.backing_off.insert(key.to_string(), at);
+                self.deadline.insert(key.to_string(), at);
+                self.delayed.insert((at, key.to_string()));
+                return;
             }
         };
         if self.dirty.remove(key) {
@@ -125,6 +160,11 @@ impl WorkQueue {
         } else if let Some(after) = retry {
             self.add_at(key, now + after);
         }
+    }
+
+    /// Consecutive failures of `key` so far.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures.get(key).copied().unwrap_or(0)
     }
 
     /// The backoff after `n` consecutive failures.
@@ -203,6 +243,35 @@ mod tests {
         q.pop();
         q.done("a", Outcome::Failed, t0);
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn backoff_holds_against_triggers_until_reset() {
+        let mut q = q();
+        let t0 = Instant::now();
+        q.add("a");
+        q.pop();
+        q.add("a"); // a trigger during the failing reconcile
+        q.done("a", Outcome::Failed, t0);
+        assert_eq!(q.pop(), None, "the dirty trigger waits for the backoff");
+        for _ in 0..100 {
+            q.add("a");
+        }
+        assert_eq!(q.pop(), None, "triggers do not shorten the backoff");
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        q.promote(t0 + Duration::from_millis(100));
+        assert_eq!(q.pop().as_deref(), Some("a"));
+        q.done("a", Outcome::Failed, t0);
+        q.add("a");
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.failures("a"), 2);
+        q.reset("a");
+        assert_eq!(
+            q.pop().as_deref(),
+            Some("a"),
+            "a new desired state runs at once"
+        );
+        assert_eq!(q.failures("a"), 0);
     }
 
     #[test]

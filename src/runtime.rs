@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
-use crate::contract::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, MANAGED_BY};
+use crate::contract::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, LABEL_STORE, MANAGED_BY};
 use crate::plan::{ContainerState, ExitInfo, Observed};
 
 /// Docker failures.
@@ -30,6 +30,25 @@ pub enum RuntimeError {
     /// The image is not present locally (and this engine cannot pull).
     #[error("image {0:?} not found on the engine")]
     ImageNotFound(String),
+    /// The container name is held by a container that is not this store's.
+    #[error(
+        "container name {name:?} is held by container {holder} of another store ({store}); \
+         it is never removed automatically: give each Redis its own ORCHESTRATOR_INSTANCE, \
+         or remove it with `mcp-orchestrator foreign --remove`"
+    )]
+    NameConflict {
+        /// The container name.
+        name: String,
+        /// Short id of the container holding it.
+        holder: String,
+        /// The holder's store label (`none` when it has none).
+        store: String,
+    },
+}
+
+/// The first 12 characters of a container id, as Docker shows them.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 impl RuntimeError {
@@ -37,6 +56,7 @@ impl RuntimeError {
     pub fn reason(&self) -> &'static str {
         match self {
             RuntimeError::ImageNotFound(_) => "ImageNotFound",
+            RuntimeError::NameConflict { .. } => "NameConflict",
             RuntimeError::Docker(_) => "DockerError",
         }
     }
@@ -144,6 +164,7 @@ impl Runtime {
                     .get(crate::contract::LABEL_GENERATION)
                     .and_then(|g| g.parse().ok()),
                 uid: labels.get(crate::contract::LABEL_UID).cloned(),
+                store: labels.get(crate::contract::LABEL_STORE).cloned(),
                 created: c.created.unwrap_or(0),
                 state,
                 exit: None,
@@ -178,6 +199,25 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Container names (without the leading `/`) of this instance's managed containers, by id.
+    pub async fn names(&self) -> Result<HashMap<String, String>, RuntimeError> {
+        let summaries = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.filters(None)),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.into_iter().next()?;
+                Some((c.id?, name.trim_start_matches('/').to_string()))
+            })
+            .collect())
+    }
+
     /// Full inspect of one container.
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, RuntimeError> {
         Ok(self
@@ -203,18 +243,28 @@ impl Runtime {
         let created = match self.docker.create_container(options(), body.clone()).await {
             Ok(c) => c,
             Err(e) if status_code(&e) == Some(409) => {
-                // Name in use: if it is ours, it is stale (the planner saw no live match).
+                // Name in use: if it is ours — this instance *and* this store, the identity
+                // the body carries — it is stale (the planner saw no live match). Anything
+                // else is never removed here: it may be another store's live sandbox.
                 let info = self.inspect(name).await?;
-                let ours = info
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.labels.as_ref())
-                    .is_some_and(|l| {
-                        l.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance.as_str())
-                            && l.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
-                    });
+                let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
+                let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+                let store = body.labels.as_ref().and_then(|l| l.get(LABEL_STORE));
+                let ours = label(LABEL_INSTANCE) == Some(self.instance.as_str())
+                    && label(LABEL_MANAGED_BY) == Some(MANAGED_BY)
+                    && store.is_some()
+                    && label(LABEL_STORE) == store.map(String::as_str);
                 if !ours {
-                    return Err(e.into());
+                    return Err(RuntimeError::NameConflict {
+                        name: name.to_string(),
+                        holder: info
+                            .id
+                            .as_deref()
+                            .map(short_id)
+                            .unwrap_or_default()
+                            .to_string(),
+                        store: label(LABEL_STORE).unwrap_or("none").to_string(),
+                    });
                 }
                 self.remove(info.id.as_deref().unwrap_or(name)).await?;
                 self.docker

@@ -11,6 +11,19 @@
 //! | `<p>:chat:<name>` | list | the chat history (Gemini `Content` JSON), oldest first, bounded |
 //! | `<p>:chat-bytes:<name>` | string | the byte size of that list |
 //! | `<p>:specfiles` | hash | specs-directory file (`file:<path>`) → its current problem (JSON event) |
+//! | `<p>:id` | string | the store's identity: a random id made once, carried by every sandbox |
+//!
+//! ## Identity and resets
+//! The identity is created by the first write or list (`SET NX`) and never changes while the
+//! data lives. Sandboxes carry it in a label, so the controller only ever adopts or removes
+//! containers of *this* store. A reset (`FLUSHALL`, a failover to an empty replica) loses the
+//! key: the next write or list makes a new one, and a watcher notices the change (or a
+//! revision lower than the one it saw) and reports [`StoreError::Reset`].
+//!
+//! ## Schema version
+//! Stored objects carry `schemaVersion` ([`SCHEMA_VERSION`]). An object that cannot be
+//! decoded (written by a newer version, or corrupted) is set aside and reported
+//! ([`Snapshot::unreadable`], [`WatchEvent::unreadable`]); it never stops a list or a watch.
 //!
 //! Every write is one Lua script: compare the stored resourceVersion with the caller's,
 //! increment the counter, write the object and append the change to the stream, atomically.
@@ -34,6 +47,8 @@ use crate::resource::{Session, SessionStatus};
 const STREAM_MAXLEN: usize = 100_000;
 /// Number of events kept per session.
 const LOG_LEN: isize = 50;
+/// The schema version this build writes and the newest it reads.
+pub const SCHEMA_VERSION: u64 = 1;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +83,21 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// The watch fell behind the stream (trimmed) or the store was reset: relist.
+    /// The watch fell behind the stream (trimmed): relist.
     #[error("watch position {0} is no longer available; relist")]
     Gone(u64),
+    /// The store was reset under the watch (identity changed or revision went back): relist.
+    #[error("the store was reset (identity {old:?} is now {new:?}, revision {seen} is now {now})")]
+    Reset {
+        /// The identity the watch started with.
+        old: String,
+        /// The identity now (empty when none is set yet).
+        new: String,
+        /// The last revision the watch saw.
+        seen: u64,
+        /// The store's revision now.
+        now: u64,
+    },
 }
 
 /// Kind of change.
@@ -97,7 +124,19 @@ pub struct WatchEvent {
     /// True when only the status changed.
     pub status_only: bool,
     /// The object after the write (before it, for deletes), with its resourceVersion set.
+    /// `None` for a delete without a stored copy, or when the object is unreadable.
     pub object: Option<Session>,
+    /// Why the object could not be decoded (newer schema, corrupt), when it could not.
+    pub unreadable: Option<String>,
+}
+
+/// A stored object this build cannot decode, set aside instead of failing a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unreadable {
+    /// Session name (the hash field).
+    pub name: String,
+    /// Why it cannot be read.
+    pub reason: String,
 }
 
 /// A consistent list of every session and the revision it was taken at.
@@ -107,6 +146,10 @@ pub struct Snapshot {
     pub sessions: Vec<Session>,
     /// The store revision; watch from here to see every later change.
     pub revision: u64,
+    /// The store's identity at the time of the list.
+    pub identity: String,
+    /// Objects that could not be decoded, set aside (they are not in `sessions`).
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// A recorded event about a session, shown by `describe`.
@@ -129,6 +172,7 @@ struct Keys {
     versions: String,
     rv: String,
     stream: String,
+    id: String,
     prefix: String,
 }
 
@@ -139,7 +183,15 @@ pub struct Store {
     con: ConnectionManager,
     keys: Keys,
     write: Script,
+    record: Script,
 }
+
+const RECORD_LUA: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+return 1
+"#;
 
 const WRITE_LUA: &str = r#"
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
@@ -152,6 +204,7 @@ else
   if not cur then return {'notfound', ''} end
   if cur ~= mode then return {'conflict', cur} end
 end
+redis.call('SET', KEYS[8], ARGV[7], 'NX')
 local rv = redis.call('INCR', KEYS[3])
 local id = rv .. '-0'
 if ARGV[3] == 'delete' then
@@ -196,9 +249,11 @@ impl Store {
                 versions: format!("{prefix}:versions"),
                 rv: format!("{prefix}:rv"),
                 stream: format!("{prefix}:stream"),
+                id: format!("{prefix}:id"),
                 prefix,
             },
             write: Script::new(WRITE_LUA),
+            record: Script::new(RECORD_LUA),
         })
     }
 
@@ -234,10 +289,28 @@ impl Store {
     }
 
     fn decode(name: &str, json: &str, rv: &str) -> Result<Session, StoreError> {
-        let mut s: Session = serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        let corrupt = |source| StoreError::Corrupt {
             name: name.to_string(),
             source,
-        })?;
+        };
+        let mut value: serde_json::Value = serde_json::from_str(json).map_err(corrupt)?;
+        let version = match value.as_object_mut() {
+            Some(o) => o.remove("schemaVersion").map(|v| v.as_u64()),
+            None => None,
+        };
+        match version {
+            // Written before schema versions existed: version 1.
+            None | Some(Some(1..=SCHEMA_VERSION)) => {}
+            Some(v) => {
+                return Err(corrupt(serde::de::Error::custom(format!(
+                    "schemaVersion {} is newer than this build reads ({SCHEMA_VERSION}); \
+                     it was written by a newer mcp-orchestrator",
+                    v.map(|v| v.to_string())
+                        .unwrap_or_else(|| "(not a number)".into())
+                ))));
+            }
+        }
+        let mut s: Session = serde_json::from_value(value).map_err(corrupt)?;
         s.metadata.resource_version = Some(rv.to_string());
         Ok(s)
     }
@@ -245,7 +318,27 @@ impl Store {
     fn encode(session: &Session) -> String {
         let mut s = session.clone();
         s.metadata.resource_version = None;
-        serde_json::to_string(&s).unwrap_or_default()
+        let mut value = serde_json::to_value(&s).unwrap_or_default();
+        if let Some(o) = value.as_object_mut() {
+            o.insert("schemaVersion".into(), SCHEMA_VERSION.into());
+        }
+        serde_json::to_string(&value).unwrap_or_default()
+    }
+
+    /// The store's identity, created now if it has none (an empty or reset store).
+    pub async fn identity(&self) -> Result<String, StoreError> {
+        let mut con = self.con.clone();
+        let ((), id): ((), String) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&self.keys.id)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg("NX")
+            .ignore()
+            .get(&self.keys.id)
+            .query_async(&mut con)
+            .await?;
+        Ok(id)
     }
 
     /// One session by name.
@@ -263,30 +356,49 @@ impl Store {
         }
     }
 
-    /// Every session, and the revision the list was taken at.
+    /// Every session, and the revision and identity the list was taken at (the identity is
+    /// created if the store has none). Objects that cannot be decoded are set aside in
+    /// [`Snapshot::unreadable`]; they never fail the list.
     pub async fn list(&self) -> Result<Snapshot, StoreError> {
         let mut con = self.con.clone();
-        let (objects, versions, rv): (
+        let (objects, versions, rv, identity): (
             HashMap<String, String>,
             HashMap<String, String>,
             Option<u64>,
+            String,
         ) = redis::pipe()
             .atomic()
+            .cmd("SET")
+            .arg(&self.keys.id)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg("NX")
+            .ignore()
             .hgetall(&self.keys.objects)
             .hgetall(&self.keys.versions)
             .get(&self.keys.rv)
+            .get(&self.keys.id)
             .query_async(&mut con)
             .await?;
         let mut sessions = Vec::with_capacity(objects.len());
+        let mut unreadable = Vec::new();
         for (name, json) in &objects {
             if let Some(v) = versions.get(name) {
-                sessions.push(Self::decode(name, json, v)?);
+                match Self::decode(name, json, v) {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => unreadable.push(Unreadable {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    }),
+                }
             }
         }
         sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        unreadable.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Snapshot {
             sessions,
             revision: rv.unwrap_or(0),
+            identity,
+            unreadable,
         })
     }
 
@@ -313,12 +425,14 @@ impl Store {
             .key(self.log_key(name))
             .key(self.chat_keys(name).0)
             .key(self.chat_keys(name).1)
+            .key(&self.keys.id)
             .arg(name)
             .arg(mode_arg)
             .arg(if delete { "delete" } else { "put" })
             .arg(json)
             .arg(if status_only { "1" } else { "0" })
             .arg(STREAM_MAXLEN)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut con)
             .await?;
         match outcome.as_str() {
@@ -446,17 +560,34 @@ impl Store {
         Ok(current)
     }
 
-    /// Append an event to the session's log (kept for `describe`).
+    /// Delete a stored object without decoding it (one this build cannot read), if it is at
+    /// `resource_version` (any version when `None`).
+    pub async fn delete_unreadable(
+        &self,
+        name: &str,
+        resource_version: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mode = match resource_version {
+            Some(rv) => Mode::Expect(rv),
+            None => Mode::Any,
+        };
+        self.write(name, mode, true, "", false).await?;
+        Ok(())
+    }
+
+    /// Append an event to the session's log (kept for `describe`) — only while the session
+    /// exists, atomically, so a reconcile that races a delete never leaves a log behind.
     pub async fn record_event(&self, name: &str, event: &SessionEvent) -> Result<(), StoreError> {
         let mut con = self.con.clone();
-        let key = self.log_key(name);
         let json = serde_json::to_string(event).unwrap_or_default();
-        let _: () = redis::pipe()
-            .lpush(&key, json)
-            .ignore()
-            .ltrim(&key, 0, LOG_LEN - 1)
-            .ignore()
-            .query_async(&mut con)
+        let _: i64 = self
+            .record
+            .key(&self.keys.objects)
+            .key(self.log_key(name))
+            .arg(name)
+            .arg(json)
+            .arg(LOG_LEN)
+            .invoke_async(&mut con)
             .await?;
         Ok(())
     }
@@ -512,8 +643,16 @@ impl Store {
     }
 
     /// Start watching changes after `revision` (as returned by [`Store::list`] or carried in a
-    /// resourceVersion).
+    /// resourceVersion) of the store as it is now. See [`Store::watch_from`].
     pub async fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
+        let identity = self.identity().await?;
+        self.watch_from(revision, &identity).await
+    }
+
+    /// Start watching changes after `revision` of the store whose identity is `identity` (both
+    /// as returned by [`Store::list`]). The watch fails with [`StoreError::Reset`] as soon as
+    /// the store's identity changes or its revision goes below `revision`.
+    pub async fn watch_from(&self, revision: u64, identity: &str) -> Result<Watch, StoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(None);
@@ -524,6 +663,9 @@ impl Store {
         Ok(Watch {
             con,
             stream: self.keys.stream.clone(),
+            id_key: self.keys.id.clone(),
+            rv_key: self.keys.rv.clone(),
+            identity: identity.to_string(),
             last: revision,
         })
     }
@@ -533,6 +675,9 @@ impl Store {
 pub struct Watch {
     con: MultiplexedConnection,
     stream: String,
+    id_key: String,
+    rv_key: String,
+    identity: String,
     last: u64,
 }
 
@@ -549,10 +694,26 @@ impl Watch {
             .block(block.as_millis().max(1) as usize)
             .count(1000);
         let id = format!("{}-0", self.last);
-        let reply: Option<StreamReadReply> = self
-            .con
-            .xread_options(&[&self.stream], &[&id], &opts)
-            .await?;
+        // The identity and revision are read right after the entries, in one round trip: a
+        // reset between the two shows as a changed identity, so entries of a new store are
+        // never taken for the continuation of the old one.
+        let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) =
+            redis::pipe()
+                .xread_options(&[&self.stream], &[&id], &opts)
+                .get(&self.id_key)
+                .get(&self.rv_key)
+                .query_async(&mut self.con)
+                .await?;
+        let identity = identity.unwrap_or_default();
+        let rv = rv.unwrap_or(0);
+        if identity != self.identity || rv < self.last {
+            return Err(StoreError::Reset {
+                old: self.identity.clone(),
+                new: identity,
+                seen: self.last,
+                now: rv,
+            });
+        }
         let mut out = Vec::new();
         let Some(reply) = reply else {
             return Ok(out);
@@ -581,10 +742,13 @@ impl Watch {
                     _ => EventType::Modified,
                 };
                 let json = field("object");
-                let object = if json.is_empty() {
-                    None
+                let (object, unreadable) = if json.is_empty() {
+                    (None, None)
                 } else {
-                    Some(Store::decode(&name, &json, &revision.to_string())?)
+                    match Store::decode(&name, &json, &revision.to_string()) {
+                        Ok(s) => (Some(s), None),
+                        Err(e) => (None, Some(e.to_string())),
+                    }
                 };
                 out.push(WatchEvent {
                     revision,
@@ -592,6 +756,7 @@ impl Watch {
                     name,
                     status_only: field("status") == "1",
                     object,
+                    unreadable,
                 });
             }
         }

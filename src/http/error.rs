@@ -96,11 +96,14 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Gone(rv) => ApiError::new(StatusCode::GONE, "Expired", msg)
                 .with_details(json!({"resourceVersion": rv.to_string()})),
+            StoreError::Reset { now, .. } => ApiError::new(StatusCode::GONE, "Expired", msg)
+                .with_details(json!({"resourceVersion": now.to_string()})),
             StoreError::Redis(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", msg)
             }
-            StoreError::Corrupt { .. } => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", msg)
+            StoreError::Corrupt { name, .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
+                    .with_details(json!({"name": name}))
             }
         }
     }

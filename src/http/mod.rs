@@ -228,10 +228,11 @@ async fn readyz(State(st): State<AppState>) -> Result<&'static str, ApiError> {
         .ping()
         .await
         .map_err(|e| unavailable(format!("docker: {e}")))?;
-    if let Some(c) = &st.inner.controller
-        && !c.synced()
-    {
-        return Err(unavailable("the first sync is not done yet".into()));
+    if let Some(c) = &st.inner.controller {
+        if !c.synced() {
+            return Err(unavailable("the first sync is not done yet".into()));
+        }
+        c.health().map_err(unavailable)?;
     }
     Ok("ok")
 }
