@@ -934,7 +934,14 @@ fn print_sessions(out: Output, sessions: &[Session], single: bool) -> anyhow::Re
 
 async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
     let backend = g.backend().await?;
-    let (all, revision) = backend.list().await?;
+    let (all, revision, unreadable) = backend.list_full().await?;
+    for u in &unreadable {
+        eprintln!(
+            "warning: stored session {:?} is unreadable and set aside: {}",
+            u.name,
+            u.reason.escape_debug()
+        );
+    }
     let sessions: Vec<Session> = match &a.name {
         Some(n) => match all.iter().find(|s| s.name() == n).cloned() {
             Some(s) => vec![s],

@@ -129,6 +129,14 @@ impl ApiClient {
 
     /// Every session and the list's revision.
     pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
+        let (items, rv, _) = self.list_full().await?;
+        Ok((items, rv))
+    }
+
+    /// Every session, the list's revision, and the stored objects the server set aside.
+    pub async fn list_full(
+        &self,
+    ) -> Result<(Vec<Session>, u64, Vec<crate::store::Unreadable>), ClientError> {
         let r = self
             .send(Method::GET, "/api/v1/sessions", None, None)
             .await?;
@@ -139,7 +147,18 @@ impl ApiClient {
             .unwrap_or(0);
         let items = serde_json::from_value(v["items"].clone())
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok((items, rv))
+        let unreadable = v["metadata"]["unreadable"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|u| crate::store::Unreadable {
+                        name: u["name"].as_str().unwrap_or_default().to_string(),
+                        reason: u["reason"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((items, rv, unreadable))
     }
 
     /// Create or replace (PUT), reporting what happened.
@@ -412,12 +431,21 @@ impl Backend {
 
     /// Every session and the list's revision.
     pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
+        let (sessions, revision, _) = self.list_full().await?;
+        Ok((sessions, revision))
+    }
+
+    /// Every session, the list's revision, and the stored objects that could not be
+    /// decoded (set aside, see [`crate::store::Unreadable`]).
+    pub async fn list_full(
+        &self,
+    ) -> Result<(Vec<Session>, u64, Vec<crate::store::Unreadable>), ClientError> {
         match self {
             Backend::Store(s, _) => {
                 let snap = s.list().await?;
-                Ok((snap.sessions, snap.revision))
+                Ok((snap.sessions, snap.revision, snap.unreadable))
             }
-            Backend::Http(c) => c.list().await,
+            Backend::Http(c) => c.list_full().await,
         }
     }
 

@@ -63,7 +63,14 @@ fn apply_runs_the_sandbox_with_the_whole_contract() {
     );
     assert_eq!(c["Config"]["OpenStdin"], true);
     assert_eq!(c["Config"]["Tty"], false);
-    assert_eq!(c["Name"], format!("/mcp-{}-demo", env.instance));
+    assert_eq!(c["Name"], format!("/mcp-{}.demo", env.instance));
+    assert_eq!(c["HostConfig"]["LogConfig"]["Type"], "json-file");
+    assert_eq!(c["HostConfig"]["LogConfig"]["Config"]["max-size"], "10m");
+    assert_eq!(c["HostConfig"]["Ulimits"][0]["Name"], "nofile");
+    assert_eq!(
+        c["Config"]["Labels"]["orchestrator.mcp.dev/store"],
+        env.store_id().as_str()
+    );
     let labels = &c["Config"]["Labels"];
     assert_eq!(labels["orchestrator.mcp.dev/session"], "demo");
     assert_eq!(
@@ -268,6 +275,8 @@ fn a_restarted_orchestrator_adopts_without_duplicates() {
         "--label",
         &format!("orchestrator.mcp.dev/instance={}", env.instance),
         "--label",
+        &format!("orchestrator.mcp.dev/store={}", env.store_id()),
+        "--label",
         "orchestrator.mcp.dev/session=ghost",
         "--label",
         &format!("{TEST_LABEL}={}", env.instance),
@@ -308,6 +317,8 @@ fn an_orphan_is_removed_while_running() {
         "orchestrator.mcp.dev/managed-by=mcp-orchestrator",
         "--label",
         &format!("orchestrator.mcp.dev/instance={}", env.instance),
+        "--label",
+        &format!("orchestrator.mcp.dev/store={}", env.store_id()),
         "--label",
         "orchestrator.mcp.dev/session=stray",
         "--label",

@@ -189,7 +189,11 @@ pub(super) async fn list(
     Ok(Json(SessionList {
         api_version: API_VERSION.into(),
         kind: "SessionList".into(),
-        metadata: json!({"resourceVersion": snap.revision.to_string()}),
+        metadata: if snap.unreadable.is_empty() {
+            json!({"resourceVersion": snap.revision.to_string()})
+        } else {
+            json!({"resourceVersion": snap.revision.to_string(), "unreadable": snap.unreadable})
+        },
         items,
     })
     .into_response())

@@ -328,6 +328,28 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The store's identity (created if it has none yet), as sandboxes carry it.
+    pub fn store_id(&self) -> String {
+        self.redis_cli(&["EVAL",
+            "redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])",
+            "1",
+            &format!("mcpo:{}:id", self.instance),
+            &uuid::Uuid::new_v4().simple().to_string(),
+        ])
+    }
+
+    /// Run `redis-cli` against this environment's Redis; returns its trimmed stdout.
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let port = self.redis.as_ref().expect("redis running").port.to_string();
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed with redis-server");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// A store client for this environment.
     pub async fn store(&self) -> Store {
         Store::connect(&self.redis_url(), &self.instance)
