@@ -593,16 +593,21 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
     }
     info!(addr = %bound, "HTTP API listening");
     let shutdown = CancellationToken::new();
+    let metrics = crate::metrics::Metrics::new();
     let specs = a.specs_dir.clone().map(|dir| {
         info!(dir = %dir.display(), "watching the specs directory");
-        tokio::spawn(crate::specs::run(
-            dir,
+        let (store, policy, shutdown) = (
             store.clone(),
             config.settings.policy.clone(),
             shutdown.clone(),
+        );
+        tokio::spawn(crate::supervise::supervise(
+            metrics.clone(),
+            "specs-dir",
+            shutdown.clone(),
+            move || crate::specs::run(dir.clone(), store.clone(), policy.clone(), shutdown.clone()),
         ))
     });
-    let metrics = crate::metrics::Metrics::new();
     let policy = config.settings.policy.clone();
     let (chat_store, history_store, chat_runtime) = (store.clone(), store.clone(), runtime.clone());
     let ctrl = Controller::new(store.clone(), runtime.clone(), config, metrics.clone());

@@ -12,7 +12,7 @@
 //! `catch_unwind`: a panic or a hang becomes a failed reconcile (counted, recorded as an event,
 //! retried with the key's backoff), never a lost concurrency slot. The resync, the store
 //! watcher, the Docker event watcher and the scheduler itself are restarted after a panic
-//! ([`supervise`]). On shutdown, running reconciles get [`Config::shutdown_grace`] to finish
+//! ([`crate::supervise`]). On shutdown, running reconciles get [`Config::shutdown_grace`] to finish
 //! and are then aborted, so `serve` always stops. [`Handle::health`] turns `/readyz` unready
 //! when the scheduler stops or makes no progress while work waits.
 //!
@@ -22,7 +22,6 @@
 //! are counted, logged and left alone.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::expect::Expectations;
 use crate::metrics::Metrics;
@@ -43,6 +42,7 @@ use crate::queue::{Outcome, WorkQueue};
 use crate::resource::{Phase, Session};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{SessionEvent, Store, StoreError};
+use crate::supervise::{panic_message, supervise};
 
 /// Controller failures (of one reconcile).
 #[derive(Debug, thiserror::Error)]
@@ -261,30 +261,45 @@ impl Controller {
     pub async fn run(self, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = self.shared.clone();
-        let watch = tokio::spawn(supervise(s.clone(), "store-watch", shutdown.clone(), {
-            let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
-            move || watch_store(s.clone(), tx.clone(), shutdown.clone())
-        }));
-        let events = tokio::spawn(supervise(s.clone(), "docker-events", shutdown.clone(), {
-            let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
-            move || watch_docker(s.clone(), tx.clone(), shutdown.clone())
-        }));
-        let timer = tokio::spawn(supervise(s.clone(), "resync-timer", shutdown.clone(), {
-            let (tx, shutdown) = (tx.clone(), shutdown.clone());
-            let every = s.config.resync_every;
-            move || {
+        let watch = tokio::spawn(supervise(
+            s.metrics.clone(),
+            "store-watch",
+            shutdown.clone(),
+            {
+                let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
+                move || watch_store(s.clone(), tx.clone(), shutdown.clone())
+            },
+        ));
+        let events = tokio::spawn(supervise(
+            s.metrics.clone(),
+            "docker-events",
+            shutdown.clone(),
+            {
+                let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
+                move || watch_docker(s.clone(), tx.clone(), shutdown.clone())
+            },
+        ));
+        let timer = tokio::spawn(supervise(
+            s.metrics.clone(),
+            "resync-timer",
+            shutdown.clone(),
+            {
                 let (tx, shutdown) = (tx.clone(), shutdown.clone());
-                async move {
-                    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-                    loop {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tick.tick() => { let _ = tx.send(Trigger::Resync); }
+                let every = s.config.resync_every;
+                move || {
+                    let (tx, shutdown) = (tx.clone(), shutdown.clone());
+                    async move {
+                        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tick.tick() => { let _ = tx.send(Trigger::Resync); }
+                            }
                         }
                     }
                 }
-            }
-        }));
+            },
+        ));
         // The scheduler is supervised in place: after a panic it starts again with a fresh
         // queue, every known key and a resync, so nothing waits forever.
         let mut delay = Duration::from_millis(100);
@@ -320,41 +335,8 @@ impl Controller {
     }
 }
 
-/// The panic payload as text.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
-
 fn task_panicked(s: &Shared, task: &str, panic: &(dyn std::any::Any + Send)) {
-    s.metrics.task_panics.with_label_values(&[task]).inc();
-    error!(task, panic = %panic_message(panic), "task panicked; it is restarted");
-}
-
-/// Run the task `make()` until shutdown; a panic is counted and the task started again
-/// after a backoff (100 ms doubling to 5 s). A task that returns ends supervision.
-async fn supervise<F, Fut>(s: Arc<Shared>, task: &'static str, shutdown: CancellationToken, make: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match AssertUnwindSafe(make()).catch_unwind().await {
-            Ok(()) => return,
-            Err(panic) => {
-                task_panicked(&s, task, &panic);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    crate::supervise::panicked(&s.metrics, task, panic);
 }
 
 /// One reconcile, supervised: a timeout or a panic is a failure like any other, counted by

@@ -14,6 +14,7 @@
 //! - [`specs`]: the watched specs directory.
 //! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
 //! - [`controller`]: triggers → queue → plan → execute → status.
+//! - [`supervise`]: background tasks restarted after a panic, panics counted.
 //! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
 //! - [`ops`]: apply, patch and delete through admission and the store.
 //! - [`selector`]: Kubernetes label selectors.
@@ -43,3 +44,4 @@ pub mod runtime;
 pub mod selector;
 pub mod specs;
 pub mod store;
+pub mod supervise;

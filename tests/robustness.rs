@@ -135,7 +135,11 @@ fn a_store_reset_is_noticed_and_never_deletes_the_old_sandboxes() {
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("reset → new session Running in {took:?}");
-    assert_ne!(env.store_id(), old_store, "a reset store has a new identity");
+    assert_ne!(
+        env.store_id(),
+        old_store,
+        "a reset store has a new identity"
+    );
 
     // Several resyncs later the old sandbox still runs: it is not this store's.
     std::thread::sleep(Duration::from_secs(3));
@@ -146,7 +150,10 @@ fn a_store_reset_is_noticed_and_never_deletes_the_old_sandboxes() {
     assert!(metric(&env, "mcpo_store_resets_total") >= 1.0);
     assert_eq!(metric(&env, "mcpo_foreign_containers"), 1.0);
     let listed = env.ok(&["foreign"]);
-    assert!(listed.contains("before") && listed.contains(&old_store), "{listed}");
+    assert!(
+        listed.contains("before") && listed.contains(&old_store),
+        "{listed}"
+    );
     env.ok(&["foreign", "--remove"]);
     wait_until(T, "the foreign sandbox to be removed", || {
         env.containers("before").is_empty()
@@ -183,7 +190,11 @@ fn two_stores_with_one_instance_name_leave_each_other_alone() {
     assert_eq!(before.len(), 3, "{before:?}");
 
     std::thread::sleep(Duration::from_secs(30));
-    assert_eq!(container_ids(&a), before, "no sandbox was removed or replaced");
+    assert_eq!(
+        container_ids(&a),
+        before,
+        "no sandbox was removed or replaced"
+    );
     for env in [&a, &b] {
         let st = env.get_json("shared").unwrap();
         if std::ptr::eq(env, &a) {
@@ -221,7 +232,10 @@ fn an_unreadable_stored_object_is_set_aside() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("ok") && stdout.contains("later"), "{stdout}");
+    assert!(
+        stdout.contains("ok") && stdout.contains("later"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("future") && stderr.contains("garbage"),
         "{stderr}"

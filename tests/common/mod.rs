@@ -330,7 +330,8 @@ impl Env {
 
     /// The store's identity (created if it has none yet), as sandboxes carry it.
     pub fn store_id(&self) -> String {
-        self.redis_cli(&["EVAL",
+        self.redis_cli(&[
+            "EVAL",
             "redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])",
             "1",
             &format!("mcpo:{}:id", self.instance),
