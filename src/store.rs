@@ -328,7 +328,7 @@ impl Store {
     /// The store's identity, created now if it has none (an empty or reset store).
     pub async fn identity(&self) -> Result<String, StoreError> {
         let mut con = self.con.clone();
-        let ((), id): ((), String) = redis::pipe()
+        let (id,): (String,) = redis::pipe()
             .atomic()
             .cmd("SET")
             .arg(&self.keys.id)
