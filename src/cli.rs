@@ -1144,3 +1144,22 @@ async fn diff(g: &Global, files: &[PathBuf]) -> anyhow::Result<()> {
     print!("{out}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_flags_are_bounded() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(duration("0s").unwrap_err().contains("outside"));
+        assert!(duration("8days").unwrap_err().contains("outside"));
+        assert!(duration("1000000000000h").is_err());
+        assert!(
+            !duration("\u{1b}x")
+                .unwrap_err()
+                .chars()
+                .any(char::is_control)
+        );
+    }
+}
