@@ -307,7 +307,8 @@ mod tests {
     #[test]
     fn every_field_is_bounded() {
         let ok = Session::new("ok", "mcp-server:1");
-        let cases: Vec<(&str, &str, Box<dyn Fn(&mut Session)>)> = vec![
+        type Change = Box<dyn Fn(&mut Session)>;
+        let cases: Vec<(&str, &str, Change)> = vec![
             (
                 "spec.env.K",
                 "TooLong",

@@ -164,9 +164,9 @@ pub fn json_size<T: serde::Serialize + ?Sized>(value: &T, limit: usize) -> Optio
 
 /// A byte count for messages: `256 KiB`, `1 MiB`, `512 bytes`.
 pub fn human_bytes(n: usize) -> String {
-    if n >= 1024 * 1024 && n % (1024 * 1024) == 0 {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
         format!("{} MiB", n / (1024 * 1024))
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} bytes")

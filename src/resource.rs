@@ -325,11 +325,10 @@ impl Session {
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         let ttl = self.spec.ttl_seconds?;
         let created = self.metadata.creation_timestamp?;
-        let expiry = i64::try_from(ttl)
+        i64::try_from(ttl)
             .ok()
             .and_then(chrono::Duration::try_seconds)
-            .and_then(|d| created.checked_add_signed(d));
-        expiry
+            .and_then(|d| created.checked_add_signed(d))
     }
 
     /// Where the session came from, per its source annotation.
