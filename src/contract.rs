@@ -167,10 +167,10 @@ impl Policy {
                         "spec.image",
                         "ImageNotAllowed",
                         format!(
-                            "image {} ({}) is not in the allowlist ({})",
+                            "image {} is not in the allowlist ({}); it names {}",
                             echo(&spec.image),
-                            r.normalised(),
-                            self.allowed_images.join(", ")
+                            self.allowed_images.join(", "),
+                            r.normalised()
                         ),
                     );
                 }
@@ -234,7 +234,7 @@ impl Policy {
                         "OutOfRange",
                         format!(
                             "{} is below the 6Mi minimum (the engine refuses less)",
-                            echo(&q.to_string())
+                            shown(q)
                         ),
                     );
                     self.default_memory
@@ -245,7 +245,7 @@ impl Policy {
                         "ContractViolation",
                         format!(
                             "{} exceeds the maximum of {} bytes",
-                            echo(&q.to_string()),
+                            shown(q),
                             self.max_memory
                         ),
                     );
@@ -267,7 +267,7 @@ impl Policy {
                         "ContractViolation",
                         format!(
                             "{} exceeds the maximum of {} cpus",
-                            echo(&q.to_string()),
+                            shown(q),
                             self.max_nano_cpus as f64 / 1e9
                         ),
                     );
@@ -653,6 +653,11 @@ fn parse_user(user: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A quantity as written, for messages: unquoted, control characters escaped, cut.
+fn shown(q: &Quantity) -> String {
+    limits::escape_max(&q.to_string(), limits::MAX_ECHO_CHARS)
+}
+
 /// Parse a Kubernetes memory quantity (`256Mi`, `1G`, `1048576`) into bytes.
 pub fn parse_memory(q: &Quantity) -> Result<i64, String> {
     let text = match q {
@@ -721,7 +726,7 @@ pub fn parse_cpus(q: &Quantity) -> Result<i64, String> {
             }
         }
     };
-    let shown = echo(&q.to_string());
+    let shown = shown(q);
     if !cores.is_finite() {
         return Err(format!("{shown} is not a finite number"));
     }
