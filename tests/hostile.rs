@@ -29,7 +29,10 @@ struct Input {
 
 fn input(what: impl Into<String>, body: impl Into<Vec<u8>>) -> Input {
     let body = body.into();
-    let json = matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
+    let json = matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
     Input {
         what: what.into(),
         body,
@@ -123,10 +126,16 @@ fn corpus() -> Vec<Input> {
         ),
         ("/metadata/name", json!("a".repeat(64))),
         ("/metadata/name", json!("a".repeat(100_000))),
-        ("/spec/image", json!(format!("mcp-server:{}", "a".repeat(600)))),
+        (
+            "/spec/image",
+            json!(format!("mcp-server:{}", "a".repeat(600))),
+        ),
         ("/spec/user", json!("1".repeat(100))),
         ("/spec/networkMode", json!("n".repeat(1000))),
-        ("/spec/chat", json!({"systemInstruction": "s".repeat(70 * 1024)})),
+        (
+            "/spec/chat",
+            json!({"systemInstruction": "s".repeat(70 * 1024)}),
+        ),
         ("/spec/chat", json!({"model": "m".repeat(200)})),
         ("/spec/chat", json!({"tools": {"allow": vec!["t"; 300]}})),
         ("/spec/chat", json!({"tools": {"deny": ["t".repeat(200)]}})),
@@ -135,7 +144,10 @@ fn corpus() -> Vec<Input> {
             json!({"phase": "Running", "message": "m".repeat(300 * 1024)}),
         ),
     ] {
-        out.push(input(format!("huge {field}"), js(&with(base.clone(), field, value))));
+        out.push(input(
+            format!("huge {field}"),
+            js(&with(base.clone(), field, value)),
+        ));
     }
     // 40 env values of 8 KiB: every field fits, the object does not.
     let env: serde_json::Map<String, Value> = (0..40)
@@ -147,7 +159,10 @@ fn corpus() -> Vec<Input> {
     ));
     out.push(input(
         "input over 1 MiB",
-        yaml_session("big", &format!("{img}  env:\n    A: {}\n", "x".repeat(1100 * 1024))),
+        yaml_session(
+            "big",
+            &format!("{img}  env:\n    A: {}\n", "x".repeat(1100 * 1024)),
+        ),
     ));
 
     // Deep nesting, YAML flow, YAML block and JSON, in several places.
@@ -163,7 +178,10 @@ fn corpus() -> Vec<Input> {
         ));
         out.push(input(
             format!("yaml block depth {depth}"),
-            yaml_session("deep", &format!("{img}  command:\n  {}x\n", "- ".repeat(depth))),
+            yaml_session(
+                "deep",
+                &format!("{img}  command:\n  {}x\n", "- ".repeat(depth)),
+            ),
         ));
         out.push(input(format!("json list depth {depth}"), flow.clone()));
         let obj = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
@@ -188,20 +206,29 @@ fn corpus() -> Vec<Input> {
             format!("billion laughs in a session, {levels} levels"),
             yaml_session(
                 "bomb",
-                &format!("{img}  env: {{}}\n  command: &c0 [x, x, x, x, x, x, x, x]\nx:\n{}", {
-                    let mut s = String::new();
-                    for i in 1..levels {
-                        s.push_str(&format!(
-                            "  c{i}: &c{i} [{}]\n",
-                            vec![format!("*c{}", i - 1); 8].join(", ")
-                        ));
+                &format!(
+                    "{img}  env: {{}}\n  command: &c0 [x, x, x, x, x, x, x, x]\nx:\n{}",
+                    {
+                        let mut s = String::new();
+                        for i in 1..levels {
+                            s.push_str(&format!(
+                                "  c{i}: &c{i} [{}]\n",
+                                vec![format!("*c{}", i - 1); 8].join(", ")
+                            ));
+                        }
+                        s
                     }
-                    s
-                }),
+                ),
             ),
         ));
     }
-    for (size, count) in [(500usize, 1000usize), (4096, 600), (100_000, 30), (1, 1001), (1, 5000)] {
+    for (size, count) in [
+        (500usize, 1000usize),
+        (4096, 600),
+        (100_000, 30),
+        (1, 1001),
+        (1, 5000),
+    ] {
         let y = format!(
             "a: &big {}\nb: [{}]\n",
             "y".repeat(size),
@@ -216,7 +243,9 @@ fn corpus() -> Vec<Input> {
 
     // Non-finite numbers in every numeric place.
     for field in ["memory", "cpus", "pids"] {
-        for v in [".nan", ".NaN", ".NAN", ".inf", ".Inf", "-.inf", "+.inf", "-.INF"] {
+        for v in [
+            ".nan", ".NaN", ".NAN", ".inf", ".Inf", "-.inf", "+.inf", "-.INF",
+        ] {
             out.push(input(
                 format!("{field}: {v}"),
                 yaml_session("nf", &format!("{img}  resources:\n    {field}: {v}\n")),
@@ -229,7 +258,13 @@ fn corpus() -> Vec<Input> {
             yaml_session("nf", &format!("{img}  ttlSeconds: {v}\n")),
         ));
     }
-    for v in ["\"NaN\"", "\"inf\"", "\"infinity\"", "\"1e400\"", "\"-inf\""] {
+    for v in [
+        "\"NaN\"",
+        "\"inf\"",
+        "\"infinity\"",
+        "\"1e400\"",
+        "\"-inf\"",
+    ] {
         out.push(input(
             format!("cpus text {v}"),
             yaml_session("nf", &format!("{img}  resources:\n    cpus: {v}\n")),
@@ -238,7 +273,14 @@ fn corpus() -> Vec<Input> {
     out.push(input("json 1e400", r#"{"apiVersion":"orchestrator.mcp.dev/v1","kind":"Session","metadata":{"name":"n"},"spec":{"image":"mcp-server:1","resources":{"cpus":1e400}}}"#));
 
     // Wrong types, structs from lists in particular.
-    let wrong = [json!([]), json!([1]), json!("x"), json!(1), json!(true), json!([[]])];
+    let wrong = [
+        json!([]),
+        json!([1]),
+        json!("x"),
+        json!(1),
+        json!(true),
+        json!([[]]),
+    ];
     for field in [
         "/metadata",
         "/spec",
@@ -270,9 +312,20 @@ fn corpus() -> Vec<Input> {
     ));
     out.push(input(
         "status.conditions: [[]]",
-        js(&with(base.clone(), "/status", json!({"phase": "Pending", "conditions": [[]]}))),
+        js(&with(
+            base.clone(),
+            "/status",
+            json!({"phase": "Pending", "conditions": [[]]}),
+        )),
     ));
-    for top in ["[]", "\"x\"", "1", "null\n---\n5", "{\"items\": 5}", "{\"items\": [1, 2]}"] {
+    for top in [
+        "[]",
+        "\"x\"",
+        "1",
+        "null\n---\n5",
+        "{\"items\": 5}",
+        "{\"items\": [1, 2]}",
+    ] {
         out.push(input(format!("document {top}"), top));
     }
 
@@ -293,11 +346,19 @@ fn corpus() -> Vec<Input> {
         }
         out.push(input(
             format!("{c:?} in a label key"),
-            js(&with(base.clone(), "/metadata/labels", json!({format!("k{c}"): "v"}))),
+            js(&with(
+                base.clone(),
+                "/metadata/labels",
+                json!({format!("k{c}"): "v"}),
+            )),
         ));
         out.push(input(
             format!("{c:?} in an env name"),
-            js(&with(base.clone(), "/spec/env", json!({format!("A={c}"): "v"}))),
+            js(&with(
+                base.clone(),
+                "/spec/env",
+                json!({format!("A={c}"): "v"}),
+            )),
         ));
         out.push(input(
             format!("{c:?} in an unknown field"),
@@ -305,7 +366,11 @@ fn corpus() -> Vec<Input> {
         ));
         out.push(input(
             format!("{c:?} in a memory quantity"),
-            js(&with(base.clone(), "/spec/resources", json!({"memory": format!("1{c}Gi")}))),
+            js(&with(
+                base.clone(),
+                "/spec/resources",
+                json!({"memory": format!("1{c}Gi")}),
+            )),
         ));
     }
 
@@ -428,7 +493,10 @@ fn corpus() -> Vec<Input> {
         } else {
             base.clone()
         };
-        out.push(input(format!("unknown {field}"), js(&with(doc, field, json!(1)))));
+        out.push(input(
+            format!("unknown {field}"),
+            js(&with(doc, field, json!(1))),
+        ));
     }
     out.push(input(
         "privileged",
@@ -438,17 +506,26 @@ fn corpus() -> Vec<Input> {
         "host network",
         js(&with(base.clone(), "/spec/networkMode", json!("host"))),
     ));
-    out.push(input("root user", js(&with(base.clone(), "/spec/user", json!("0")))));
+    out.push(input(
+        "root user",
+        js(&with(base.clone(), "/spec/user", json!("0"))),
+    ));
 
     // Several documents, one of them bad; too many documents.
     let good = yaml_session("multi-a", img);
     out.push(input(
         "good then bad document",
-        format!("{good}---\n{}", yaml_session("multi-b", "  image: alpine\n")),
+        format!(
+            "{good}---\n{}",
+            yaml_session("multi-b", "  image: alpine\n")
+        ),
     ));
     out.push(input(
         "bad then good document",
-        format!("{}---\n{good}", yaml_session("multi-b", "  image: mcp-server:*\n")),
+        format!(
+            "{}---\n{good}",
+            yaml_session("multi-b", "  image: mcp-server:*\n")
+        ),
     ));
     out.push(input("1001 empty documents", "---\n".repeat(1001)));
     out.push(input(
@@ -458,7 +535,7 @@ fn corpus() -> Vec<Input> {
 
     // Binary garbage and invalid UTF-8.
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for i in 0..120 {
+    for i in 0..160 {
         let n = 1 + (rng.next() % 4096) as usize;
         let mut b = rng.bytes(n);
         if i % 3 == 0 {
@@ -479,7 +556,10 @@ fn corpus() -> Vec<Input> {
         ("NUL bytes", vec![0u8; 1000]),
         ("only a UTF-8 BOM", b"\xef\xbb\xbf".to_vec()),
         ("json with NUL", b"{\"apiVersion\x00\": 1}".to_vec()),
-        ("invalid UTF-8 in a JSON string", b"{\"kind\": \"\xff\"}".to_vec()),
+        (
+            "invalid UTF-8 in a JSON string",
+            b"{\"kind\": \"\xff\"}".to_vec(),
+        ),
     ] {
         out.push(input(what, bytes));
     }
@@ -504,9 +584,12 @@ fn patches() -> Vec<PatchInput> {
     }
     for n in [20usize, 100, 1000] {
         let ops: Vec<Value> = (0..n)
-            .map(|_| json!({"op": "copy", "from": "/metadata/labels", "path": "/metadata/labels/x"}))
+            .map(
+                |_| json!({"op": "copy", "from": "/metadata/labels", "path": "/metadata/labels/x"}),
+            )
             .collect();
-        let mut all = vec![json!({"op": "add", "path": "/metadata/labels", "value": {"k": "v".repeat(60)}})];
+        let mut all =
+            vec![json!({"op": "add", "path": "/metadata/labels", "value": {"k": "v".repeat(60)}})];
         all.extend(ops);
         out.push(p(format!("self copy x{n}"), jp, Value::Array(all)));
         let ops: Vec<Value> = (0..n)
@@ -516,18 +599,37 @@ fn patches() -> Vec<PatchInput> {
         let ops: Vec<Value> = (0..n)
             .map(|i| json!({"op": "copy", "from": "/metadata", "path": format!("/spec/env/E{i}")}))
             .collect();
-        out.push(p(format!("copy metadata into env x{n}"), jp, Value::Array(ops)));
+        out.push(p(
+            format!("copy metadata into env x{n}"),
+            jp,
+            Value::Array(ops),
+        ));
     }
     for (what, doc) in [
-        ("ttl overflow", json!({"spec": {"ttlSeconds": 9_000_000_000_000u64}})),
-        ("bypass image", json!({"spec": {"image": "mcp-server:5000/evil:latest"}})),
+        (
+            "ttl overflow",
+            json!({"spec": {"ttlSeconds": 9_000_000_000_000u64}}),
+        ),
+        (
+            "bypass image",
+            json!({"spec": {"image": "mcp-server:5000/evil:latest"}}),
+        ),
         ("glob image", json!({"spec": {"image": "mcp-server:*"}})),
         ("resources list", json!({"spec": {"resources": []}})),
         ("chat list", json!({"spec": {"chat": []}})),
-        ("huge env", json!({"spec": {"env": {"A": "x".repeat(300 * 1024)}}})),
+        (
+            "huge env",
+            json!({"spec": {"env": {"A": "x".repeat(300 * 1024)}}}),
+        ),
         ("rename", json!({"metadata": {"name": "other"}})),
-        ("memory 4Mi", json!({"spec": {"resources": {"memory": "4Mi"}}})),
-        ("control chars", json!({"spec": {"user": "1\r\n\u{0}\u{1b}"}})),
+        (
+            "memory 4Mi",
+            json!({"spec": {"resources": {"memory": "4Mi"}}}),
+        ),
+        (
+            "control chars",
+            json!({"spec": {"user": "1\r\n\u{0}\u{1b}"}}),
+        ),
         ("unknown field", json!({"spec": {"volumes": ["/:/host"]}})),
         ("privileged", json!({"spec": {"privileged": true}})),
         ("not an object", json!([1, 2])),
@@ -538,15 +640,39 @@ fn patches() -> Vec<PatchInput> {
     for (what, doc) in [
         ("not a list", json!({"op": "add"})),
         ("unknown op", json!([{"op": "explode", "path": "/spec"}])),
-        ("bad pointer", json!([{"op": "add", "path": "spec", "value": 1}])),
-        ("missing from", json!([{"op": "copy", "from": "/nope", "path": "/spec/x"}])),
+        (
+            "bad pointer",
+            json!([{"op": "add", "path": "spec", "value": 1}]),
+        ),
+        (
+            "missing from",
+            json!([{"op": "copy", "from": "/nope", "path": "/spec/x"}]),
+        ),
         ("remove spec", json!([{"op": "remove", "path": "/spec"}])),
-        ("replace spec with list", json!([{"op": "replace", "path": "/spec", "value": []}])),
-        ("set ttl overflow", json!([{"op": "add", "path": "/spec/ttlSeconds", "value": 9_000_000_000_000u64}])),
-        ("set image bypass", json!([{"op": "replace", "path": "/spec/image", "value": "mcp-server:80/x"}])),
-        ("huge value", json!([{"op": "add", "path": "/spec/env", "value": {"A": "x".repeat(300 * 1024)}}])),
-        ("test fails", json!([{"op": "test", "path": "/spec/image", "value": "nope"}])),
-        ("control chars in path", json!([{"op": "add", "path": "/spec/x\r\n\u{0}", "value": 1}])),
+        (
+            "replace spec with list",
+            json!([{"op": "replace", "path": "/spec", "value": []}]),
+        ),
+        (
+            "set ttl overflow",
+            json!([{"op": "add", "path": "/spec/ttlSeconds", "value": 9_000_000_000_000u64}]),
+        ),
+        (
+            "set image bypass",
+            json!([{"op": "replace", "path": "/spec/image", "value": "mcp-server:80/x"}]),
+        ),
+        (
+            "huge value",
+            json!([{"op": "add", "path": "/spec/env", "value": {"A": "x".repeat(300 * 1024)}}]),
+        ),
+        (
+            "test fails",
+            json!([{"op": "test", "path": "/spec/image", "value": "nope"}]),
+        ),
+        (
+            "control chars in path",
+            json!([{"op": "add", "path": "/spec/x\r\n\u{0}", "value": 1}]),
+        ),
     ] {
         out.push(p(format!("json patch {what}"), jp, doc));
     }
@@ -607,7 +733,10 @@ fn run_cli(env: &Env, inputs: &[Input], dir: &std::path::Path) -> Vec<String> {
             s.spawn(move || {
                 for (i, f) in files.iter().enumerate().skip(t).step_by(threads) {
                     let path = f.to_str().unwrap();
-                    for args in [vec!["apply", "-f", path], vec!["apply", "--dry-run", "-f", path]] {
+                    for args in [
+                        vec!["apply", "-f", path],
+                        vec!["apply", "--dry-run", "-f", path],
+                    ] {
                         let start = Instant::now();
                         let out = env.cli(&args, None);
                         let took = start.elapsed();
@@ -718,10 +847,17 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
             "application/yaml"
         };
         let mut reqs = vec![
-            ("POST", client.post(format!("{api}/api/v1/sessions")).header("content-type", ct)),
+            (
+                "POST",
+                client
+                    .post(format!("{api}/api/v1/sessions"))
+                    .header("content-type", ct),
+            ),
             (
                 "PUT",
-                client.put(format!("{api}/api/v1/sessions/hostile")).header("content-type", ct),
+                client
+                    .put(format!("{api}/api/v1/sessions/hostile"))
+                    .header("content-type", ct),
             ),
         ];
         if c.json {
@@ -738,12 +874,19 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
             let problems = check_answer(r, start.elapsed()).await;
             requests += 1;
             if !problems.is_empty() {
-                failures.push(format!("api {method} #{i} {}: {}", c.what, problems.join(", ")));
+                failures.push(format!(
+                    "api {method} #{i} {}: {}",
+                    c.what,
+                    problems.join(", ")
+                ));
             }
         }
         let now = store.revision().await.unwrap();
         if now != revision {
-            failures.push(format!("api #{i} {}: the store revision moved to {now}", c.what));
+            failures.push(format!(
+                "api #{i} {}: the store revision moved to {now}",
+                c.what
+            ));
             break;
         }
         let r = rss(pid);
@@ -763,7 +906,11 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
         let problems = check_answer(r, start.elapsed()).await;
         requests += 1;
         if !problems.is_empty() {
-            failures.push(format!("api PATCH #{i} {}: {}", c.what, problems.join(", ")));
+            failures.push(format!(
+                "api PATCH #{i} {}: {}",
+                c.what,
+                problems.join(", ")
+            ));
         }
         assert_eq!(
             store.revision().await.unwrap(),
@@ -789,8 +936,7 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cli_env = &env;
     let inputs_ref = &inputs;
-    let cli_failures =
-        tokio::task::block_in_place(|| run_cli(cli_env, inputs_ref, dir.path()));
+    let cli_failures = tokio::task::block_in_place(|| run_cli(cli_env, inputs_ref, dir.path()));
     failures.extend(cli_failures);
     let cli_took = cli_start.elapsed();
 
@@ -808,7 +954,15 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
         .map(|s| s.metadata.name.clone())
         .collect();
     assert_eq!(names, ["seed"], "only the seed session is stored");
-    assert!(env.orchestrator.as_mut().unwrap().try_wait().unwrap().is_none(), "serve died");
+    assert!(
+        env.orchestrator
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "serve died"
+    );
     assert!(!env.log_text().contains("panicked"), "serve panicked");
     eprintln!(
         "hostile corpus: {requests} API requests in {api_took:?}, {} CLI runs in {cli_took:?}, RSS {} -> peak {} MiB, total {:?}",
