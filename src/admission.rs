@@ -5,6 +5,7 @@
 //! No IO happens here.
 
 use crate::contract::{Policy, Violation};
+use crate::limits::{self, echo, escape, human_bytes};
 use crate::resource::{API_VERSION, KIND, Session};
 
 /// Why a session was refused.
@@ -26,7 +27,7 @@ impl AdmissionError {
 
 fn join(v: &[Violation]) -> String {
     v.iter()
-        .map(ToString::to_string)
+        .map(|v| escape(&v.to_string()))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -35,7 +36,7 @@ fn join(v: &[Violation]) -> String {
 /// alphanumeric, at most 63 characters)?
 pub fn is_dns1123_label(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= limits::MAX_NAME_BYTES
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -44,7 +45,7 @@ pub fn is_dns1123_label(name: &str) -> bool {
 }
 
 fn is_label_value(v: &str) -> bool {
-    v.len() <= 63
+    v.len() <= limits::MAX_LABEL_VALUE_BYTES
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && (v.is_empty()
@@ -59,54 +60,198 @@ fn is_label_key(k: &str) -> bool {
     };
     let prefix_ok = prefix
         .is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns1123_label));
-    prefix_ok && !name.is_empty() && is_label_value(name)
+    k.len() <= limits::MAX_LABEL_KEY_BYTES && prefix_ok && !name.is_empty() && is_label_value(name)
 }
 
-/// Validate a session for storage: envelope, metadata and the sandbox contract. Returns every
-/// violation, each with its field path.
-pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError> {
-    let mut v = Vec::new();
-    if session.api_version != API_VERSION {
-        v.push(Violation {
-            path: "apiVersion".into(),
-            reason: "Invalid",
-            message: format!("must be {API_VERSION:?}, got {:?}", session.api_version),
+/// Collects violations with their paths; input echoed in paths is escaped.
+struct Report(Vec<Violation>);
+
+impl Report {
+    fn bad(&mut self, path: &str, reason: &'static str, message: String) {
+        self.0.push(Violation {
+            path: escape(path),
+            reason,
+            message,
         });
     }
-    if session.kind != KIND {
-        v.push(Violation {
-            path: "kind".into(),
-            reason: "Invalid",
-            message: format!("must be {KIND:?}, got {:?}", session.kind),
-        });
-    }
-    if !is_dns1123_label(&session.metadata.name) {
-        v.push(Violation {
-            path: "metadata.name".into(),
-            reason: "Invalid",
-            message: format!(
-                "{:?} is not a DNS-1123 label (lowercase alphanumerics and '-', at most 63 characters)",
-                session.metadata.name
-            ),
-        });
-    }
-    for (k, val) in &session.metadata.labels {
-        if !is_label_key(k) {
-            v.push(Violation {
-                path: format!("metadata.labels.{k}"),
-                reason: "Invalid",
-                message: format!("{k:?} is not a valid label key"),
-            });
-        } else if !is_label_value(val) {
-            v.push(Violation {
-                path: format!("metadata.labels.{k}"),
-                reason: "Invalid",
-                message: format!("{val:?} is not a valid label value"),
-            });
+
+    /// A string field no longer than `max` bytes.
+    fn len(&mut self, path: &str, value: &str, max: usize) {
+        if value.len() > max {
+            self.bad(
+                path,
+                "TooLong",
+                format!("is {} bytes, more than the {max}-byte limit", value.len()),
+            );
         }
     }
+
+    /// A list or map with at most `max` entries.
+    fn count(&mut self, path: &str, n: usize, max: usize) {
+        if n > max {
+            self.bad(
+                path,
+                "TooMany",
+                format!("has {n} entries, more than the limit of {max}"),
+            );
+        }
+    }
+}
+
+/// Sizes, counts and ranges of every field (see [`crate::limits`]) and of the whole object.
+fn bounds(session: &Session, r: &mut Report) {
+    let m = &session.metadata;
+    r.count("metadata.labels", m.labels.len(), limits::MAX_LABELS);
+    r.count(
+        "metadata.annotations",
+        m.annotations.len(),
+        limits::MAX_ANNOTATIONS,
+    );
+    let mut annotations = 0usize;
+    for (k, v) in &m.annotations {
+        r.len(
+            &format!("metadata.annotations.{}", escape_key(k)),
+            k,
+            limits::MAX_ANNOTATION_KEY_BYTES,
+        );
+        annotations = annotations.saturating_add(k.len()).saturating_add(v.len());
+    }
+    if annotations > limits::MAX_ANNOTATIONS_TOTAL_BYTES {
+        r.bad(
+            "metadata.annotations",
+            "TooLong",
+            format!(
+                "keys and values are {annotations} bytes, more than the {} limit",
+                human_bytes(limits::MAX_ANNOTATIONS_TOTAL_BYTES)
+            ),
+        );
+    }
+    let spec = &session.spec;
+    r.len("spec.image", &spec.image, limits::MAX_IMAGE_BYTES);
+    r.count("spec.command", spec.command.len(), limits::MAX_COMMAND_ARGS);
+    for (i, arg) in spec.command.iter().enumerate() {
+        r.len(
+            &format!("spec.command[{i}]"),
+            arg,
+            limits::MAX_COMMAND_ARG_BYTES,
+        );
+    }
+    r.count("spec.env", spec.env.len(), limits::MAX_ENV);
+    for (k, v) in &spec.env {
+        let path = format!("spec.env.{}", escape_key(k));
+        r.len(&path, k, limits::MAX_ENV_KEY_BYTES);
+        r.len(&path, v, limits::MAX_ENV_VALUE_BYTES);
+    }
+    if let Some(u) = &spec.user {
+        r.len("spec.user", u, limits::MAX_USER_BYTES);
+    }
+    if let Some(n) = &spec.network_mode {
+        r.len("spec.networkMode", n, limits::MAX_NETWORK_MODE_BYTES);
+    }
+    if let Some(ttl) = spec.ttl_seconds
+        && !(limits::MIN_TTL_SECONDS..=limits::MAX_TTL_SECONDS).contains(&ttl)
+    {
+        r.bad(
+            "spec.ttlSeconds",
+            "OutOfRange",
+            format!(
+                "{ttl} is outside {}..={} (ten years)",
+                limits::MIN_TTL_SECONDS,
+                limits::MAX_TTL_SECONDS
+            ),
+        );
+    }
+    if let Some(chat) = &spec.chat {
+        if let Some(model) = &chat.model {
+            r.len("spec.chat.model", model, limits::MAX_MODEL_BYTES);
+        }
+        if let Some(si) = &chat.system_instruction {
+            r.len(
+                "spec.chat.systemInstruction",
+                si,
+                limits::MAX_SYSTEM_INSTRUCTION_BYTES,
+            );
+        }
+        for (name, list) in [("allow", &chat.tools.allow), ("deny", &chat.tools.deny)] {
+            let path = format!("spec.chat.tools.{name}");
+            r.count(&path, list.len(), limits::MAX_TOOL_PATTERNS);
+            for (i, p) in list.iter().enumerate() {
+                r.len(&format!("{path}[{i}]"), p, limits::MAX_TOOL_PATTERN_BYTES);
+            }
+        }
+    }
+    if limits::json_size(session, limits::MAX_OBJECT_BYTES).is_none() {
+        r.bad(
+            "",
+            "TooLarge",
+            format!(
+                "the session is larger than {} as JSON",
+                human_bytes(limits::MAX_OBJECT_BYTES)
+            ),
+        );
+    }
+}
+
+/// A map key as it appears in a field path: escaped and cut.
+fn escape_key(k: &str) -> String {
+    limits::escape_max(k, limits::MAX_ECHO_CHARS)
+}
+
+/// Validate a session for storage: envelope, metadata, the bounds of [`crate::limits`] and
+/// the sandbox contract. Returns every violation, each with its field path.
+pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError> {
+    let mut r = Report(Vec::new());
+    if session.api_version != API_VERSION {
+        r.bad(
+            "apiVersion",
+            "Invalid",
+            format!(
+                "must be {API_VERSION:?}, got {}",
+                echo(&session.api_version)
+            ),
+        );
+    }
+    if session.kind != KIND {
+        r.bad(
+            "kind",
+            "Invalid",
+            format!("must be {KIND:?}, got {}", echo(&session.kind)),
+        );
+    }
+    if !is_dns1123_label(&session.metadata.name) {
+        r.bad(
+            "metadata.name",
+            "Invalid",
+            format!(
+                "{} is not a DNS-1123 label (lowercase alphanumerics and '-', at most {} characters)",
+                echo(&session.metadata.name),
+                limits::MAX_NAME_BYTES
+            ),
+        );
+    }
+    for (k, val) in &session.metadata.labels {
+        let path = format!("metadata.labels.{}", escape_key(k));
+        if !is_label_key(k) {
+            r.bad(
+                &path,
+                "Invalid",
+                format!("{} is not a valid label key", echo(k)),
+            );
+        } else if !is_label_value(val) {
+            r.bad(
+                &path,
+                "Invalid",
+                format!("{} is not a valid label value", echo(val)),
+            );
+        }
+    }
+    bounds(session, &mut r);
+    let mut v = r.0;
     if let Err(contract) = policy.sandbox(&session.spec) {
-        v.extend(contract);
+        v.extend(contract.into_iter().map(|mut c| {
+            c.path = escape(&c.path);
+            c
+        }));
     }
     if v.is_empty() {
         Ok(())
@@ -146,5 +291,151 @@ mod tests {
         let paths: Vec<_> = err.violations().iter().map(|v| v.path.clone()).collect();
         assert_eq!(paths, ["kind", "metadata.name", "spec.image"]);
         assert!(validate(&Session::new("ok", "mcp-server:latest"), &Policy::default()).is_ok());
+    }
+
+    fn reasons(s: &Session) -> Vec<(String, &'static str)> {
+        match validate(s, &Policy::default()) {
+            Ok(()) => Vec::new(),
+            Err(e) => e
+                .violations()
+                .iter()
+                .map(|v| (v.path.clone(), v.reason))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_field_is_bounded() {
+        let ok = Session::new("ok", "mcp-server:1");
+        type Change = Box<dyn Fn(&mut Session)>;
+        let cases: Vec<(&str, &str, Change)> = vec![
+            (
+                "spec.env.K",
+                "TooLong",
+                Box::new(|s| {
+                    s.spec
+                        .env
+                        .insert("K".into(), "v".repeat(limits::MAX_ENV_VALUE_BYTES + 1));
+                }),
+            ),
+            (
+                "spec.env",
+                "TooMany",
+                Box::new(|s| {
+                    for i in 0..=limits::MAX_ENV {
+                        s.spec.env.insert(format!("K{i}"), String::new());
+                    }
+                }),
+            ),
+            (
+                "spec.command",
+                "TooMany",
+                Box::new(|s| {
+                    s.spec.command = vec!["a".into(); limits::MAX_COMMAND_ARGS + 1];
+                }),
+            ),
+            (
+                "spec.command[0]",
+                "TooLong",
+                Box::new(|s| {
+                    s.spec.command = vec!["a".repeat(limits::MAX_COMMAND_ARG_BYTES + 1)];
+                }),
+            ),
+            (
+                "metadata.labels",
+                "TooMany",
+                Box::new(|s| {
+                    for i in 0..=limits::MAX_LABELS {
+                        s.metadata.labels.insert(format!("k{i}"), "v".into());
+                    }
+                }),
+            ),
+            (
+                "metadata.annotations",
+                "TooLong",
+                Box::new(|s| {
+                    s.metadata
+                        .annotations
+                        .insert("a".into(), "v".repeat(limits::MAX_ANNOTATIONS_TOTAL_BYTES));
+                }),
+            ),
+            (
+                "spec.chat.systemInstruction",
+                "TooLong",
+                Box::new(|s| {
+                    s.spec.chat = Some(crate::resource::ChatSpec {
+                        system_instruction: Some(
+                            "x".repeat(limits::MAX_SYSTEM_INSTRUCTION_BYTES + 1),
+                        ),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "spec.chat.model",
+                "TooLong",
+                Box::new(|s| {
+                    s.spec.chat = Some(crate::resource::ChatSpec {
+                        model: Some("m".repeat(limits::MAX_MODEL_BYTES + 1)),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "spec.chat.tools.deny",
+                "TooMany",
+                Box::new(|s| {
+                    let mut c = crate::resource::ChatSpec::default();
+                    c.tools.deny = vec!["t".into(); limits::MAX_TOOL_PATTERNS + 1];
+                    s.spec.chat = Some(c);
+                }),
+            ),
+            (
+                "spec.ttlSeconds",
+                "OutOfRange",
+                Box::new(|s| s.spec.ttl_seconds = Some(9_000_000_000_000)),
+            ),
+            (
+                "spec.ttlSeconds",
+                "OutOfRange",
+                Box::new(|s| s.spec.ttl_seconds = Some(0)),
+            ),
+            (
+                "",
+                "TooLarge",
+                Box::new(|s| {
+                    for i in 0..40 {
+                        s.spec.env.insert(format!("K{i}"), "v".repeat(8000));
+                    }
+                }),
+            ),
+        ];
+        for (path, reason, change) in cases {
+            let mut s = ok.clone();
+            change(&mut s);
+            let got = reasons(&s);
+            assert!(
+                got.iter().any(|(p, r)| p == path && *r == reason),
+                "{path} {reason}: {got:?}"
+            );
+        }
+        let mut s = ok.clone();
+        s.spec.ttl_seconds = Some(limits::MAX_TTL_SECONDS);
+        assert!(reasons(&s).is_empty());
+        assert!(reasons(&ok).is_empty());
+    }
+
+    #[test]
+    fn messages_and_paths_escape_input() {
+        let mut s = Session::new("a\r\nb", "mcp-server:1\u{1b}");
+        s.metadata.labels.insert("k\0".into(), "v".into());
+        s.spec.env.insert("A=\n".into(), "x".into());
+        let e = validate(&s, &Policy::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        for v in e.violations() {
+            assert!(!v.path.chars().any(char::is_control), "{v:?}");
+            assert!(!v.message.chars().any(char::is_control), "{v:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use tracing::info;
 use crate::client::{ApiClient, Backend};
 use crate::contract::{self, Policy};
 use crate::controller::{self, Controller};
+use crate::limits;
 use crate::ops::{self, Applied, PatchType};
 use crate::parse;
 use crate::plan::Settings;
@@ -85,8 +86,14 @@ impl Global {
         let max_nano_cpus =
             contract::parse_cpus(&crate::resource::Quantity::Text(self.max_cpus.clone()))
                 .map_err(|e| anyhow!("--max-cpus: {e}"))?;
+        if !(limits::MIN_PIDS..=1 << 22).contains(&self.max_pids) {
+            bail!("--max-pids: {} is outside 1..={}", self.max_pids, 1 << 22);
+        }
+        if max_memory < limits::MIN_MEMORY_BYTES {
+            bail!("--max-memory: {} is below the 6Mi minimum", self.max_memory);
+        }
         let d = Policy::default();
-        Ok(Policy {
+        let policy = Policy {
             allowed_images: self
                 .allowed_images
                 .iter()
@@ -100,7 +107,11 @@ impl Global {
             default_nano_cpus: d.default_nano_cpus.min(max_nano_cpus),
             default_pids: d.default_pids.min(self.max_pids),
             ..d
-        })
+        };
+        policy
+            .check_patterns()
+            .map_err(|e| anyhow!("--allowed-images: {e}"))?;
+        Ok(policy)
     }
 
     /// Where the CLI reads and writes: the API when `--server` is given, else Redis.
@@ -133,8 +144,19 @@ fn instance_name(s: &str) -> Result<String, String> {
     contract::validate_instance(s).map(|()| s.to_string())
 }
 
+/// A duration flag or variable: humantime syntax (`30s`, `1h`), within
+/// [`limits::MIN_FLAG_DURATION`]..=[`limits::MAX_FLAG_DURATION`] (so `0s` is a config error).
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{}: {e}", limits::echo(s)))?;
+    if d < limits::MIN_FLAG_DURATION || d > limits::MAX_FLAG_DURATION {
+        return Err(format!(
+            "{} is outside {}..={}",
+            limits::echo(s),
+            humantime::format_duration(limits::MIN_FLAG_DURATION),
+            humantime::format_duration(limits::MAX_FLAG_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]
@@ -1243,4 +1265,23 @@ async fn diff(g: &Global, files: &[PathBuf]) -> anyhow::Result<()> {
     }
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_flags_are_bounded() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(duration("0s").unwrap_err().contains("outside"));
+        assert!(duration("8days").unwrap_err().contains("outside"));
+        assert!(duration("1000000000000h").is_err());
+        assert!(
+            !duration("\u{1b}x")
+                .unwrap_err()
+                .chars()
+                .any(char::is_control)
+        );
+    }
 }

@@ -15,6 +15,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRe
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::limits::{self, echo};
 use crate::resource::{Quantity, SessionSpec};
 
 /// Label carrying the session name.
@@ -53,7 +54,9 @@ pub const NOFILE: i64 = 1024;
 /// Configurable bounds of the contract. The hardening itself is not configurable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    /// Image patterns; `*` matches any run of characters. Default `mcp-server:*`.
+    /// Image patterns (see [`ImagePattern`]), matched against the parsed, normalised image
+    /// reference. Default `mcp-server:*`: repository `mcp-server` on the default registry,
+    /// any tag, no digest.
     pub allowed_images: Vec<String>,
     /// Memory limit when the spec sets none, in bytes.
     pub default_memory: i64,
@@ -179,20 +182,32 @@ impl Policy {
             })
         };
 
-        let image = normalise_image(&spec.image);
-        if spec.image.trim().is_empty() {
-            bad("spec.image", "Invalid", "must not be empty".into());
-        } else if !self.allowed_images.iter().any(|p| glob_match(p, &image)) {
-            bad(
-                "spec.image",
-                "ImageNotAllowed",
-                format!(
-                    "image {:?} is not in the allowlist ({})",
-                    spec.image,
-                    self.allowed_images.join(", ")
-                ),
-            );
-        }
+        let image = match ImageRef::parse(&spec.image) {
+            Err(msg) => {
+                bad("spec.image", "Invalid", msg);
+                String::new()
+            }
+            Ok(r) => {
+                if !self
+                    .allowed_images
+                    .iter()
+                    .filter_map(|p| ImagePattern::parse(p).ok())
+                    .any(|p| p.matches(&r))
+                {
+                    bad(
+                        "spec.image",
+                        "ImageNotAllowed",
+                        format!(
+                            "image {} is not in the allowlist ({}); it names {}",
+                            echo(&spec.image),
+                            self.allowed_images.join(", "),
+                            r.normalised()
+                        ),
+                    );
+                }
+                r.engine_ref()
+            }
+        };
         if spec.privileged == Some(true) {
             bad(
                 "spec.privileged",
@@ -207,7 +222,8 @@ impl Policy {
                 "spec.networkMode",
                 "ContractViolation",
                 format!(
-                    "network mode {mode:?} is not allowed: sandboxes have no network (only \"none\")"
+                    "network mode {} is not allowed: sandboxes have no network (only \"none\")",
+                    echo(mode)
                 ),
             );
         }
@@ -243,11 +259,14 @@ impl Policy {
         let memory = match &spec.resources.memory {
             None => self.default_memory,
             Some(q) => match parse_memory(q) {
-                Ok(m) if m < 4 * 1024 * 1024 => {
+                Ok(m) if m < limits::MIN_MEMORY_BYTES => {
                     bad(
                         "spec.resources.memory",
-                        "Invalid",
-                        format!("{q} is below the 4Mi minimum"),
+                        "OutOfRange",
+                        format!(
+                            "{} is below the 6Mi minimum (the engine refuses less)",
+                            shown(q)
+                        ),
                     );
                     self.default_memory
                 }
@@ -255,7 +274,11 @@ impl Policy {
                     bad(
                         "spec.resources.memory",
                         "ContractViolation",
-                        format!("{q} exceeds the maximum of {} bytes", self.max_memory),
+                        format!(
+                            "{} exceeds the maximum of {} bytes",
+                            shown(q),
+                            self.max_memory
+                        ),
                     );
                     self.default_memory
                 }
@@ -274,7 +297,8 @@ impl Policy {
                         "spec.resources.cpus",
                         "ContractViolation",
                         format!(
-                            "{q} exceeds the maximum of {} cpus",
+                            "{} exceeds the maximum of {} cpus",
+                            shown(q),
                             self.max_nano_cpus as f64 / 1e9
                         ),
                     );
@@ -289,11 +313,11 @@ impl Policy {
         };
         let pids = match spec.resources.pids {
             None => self.default_pids,
-            Some(p) if p < 1 => {
+            Some(p) if p < limits::MIN_PIDS => {
                 bad(
                     "spec.resources.pids",
-                    "Invalid",
-                    format!("{p} must be at least 1"),
+                    "OutOfRange",
+                    format!("{p} must be at least {}", limits::MIN_PIDS),
                 );
                 self.default_pids
             }
@@ -450,14 +474,208 @@ fn canonical_json(v: &serde_json::Value) -> String {
     }
 }
 
-/// Add `:latest` to an image reference without a tag or digest.
-pub fn normalise_image(image: &str) -> String {
-    let image = image.trim();
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || last.contains('@') || image.is_empty() {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
+/// A parsed image reference, normalised the way the Docker engine reads it: the default
+/// registry `docker.io`, `library/` for single-component names on it, tag `latest` when
+/// neither a tag nor a digest is given. Parsing is done by `oci-spec`'s distribution
+/// reference parser (the grammar of distribution/reference).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Registry host (and port), e.g. `docker.io`, `registry.local:5000`.
+    pub registry: String,
+    /// Repository path, e.g. `library/mcp-server`, `team/tool`.
+    pub repository: String,
+    /// Tag, if any (`latest` when neither tag nor digest was given).
+    pub tag: Option<String>,
+    /// Digest (`sha256:…`), if any.
+    pub digest: Option<String>,
+}
+
+/// The Docker Hub registry, where references without a registry host point.
+const DEFAULT_REGISTRY: &str = "docker.io";
+/// The Docker Hub namespace of single-component names.
+const OFFICIAL_NAMESPACE: &str = "library/";
+
+impl ImageRef {
+    /// Parse and normalise a reference. The error is one line naming what is wrong.
+    pub fn parse(image: &str) -> Result<ImageRef, String> {
+        if image.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if image.len() > limits::MAX_IMAGE_BYTES {
+            return Err(format!("is longer than {} bytes", limits::MAX_IMAGE_BYTES));
+        }
+        let r = oci_spec::distribution::Reference::try_from(image).map_err(|e| {
+            format!(
+                "{} is not a valid image reference: {e} (expected [REGISTRY/]REPOSITORY[:TAG][@DIGEST])",
+                echo(image)
+            )
+        })?;
+        Ok(ImageRef {
+            registry: r.registry().to_string(),
+            repository: r.repository().to_string(),
+            tag: r.tag().map(str::to_string),
+            digest: r.digest().map(str::to_string),
+        })
+    }
+
+    fn with_suffix(&self, mut name: String) -> String {
+        if let Some(t) = &self.tag {
+            name.push(':');
+            name.push_str(t);
+        }
+        if let Some(d) = &self.digest {
+            name.push('@');
+            name.push_str(d);
+        }
+        name
+    }
+
+    /// The fully qualified form, e.g. `docker.io/library/mcp-server:latest`.
+    pub fn normalised(&self) -> String {
+        self.with_suffix(format!("{}/{}", self.registry, self.repository))
+    }
+
+    /// The form handed to the engine: the familiar short form on the default registry
+    /// (`mcp-server:latest`, `team/tool:1`), the full form elsewhere. It names the same image
+    /// as [`ImageRef::normalised`].
+    pub fn engine_ref(&self) -> String {
+        let name = if self.registry == DEFAULT_REGISTRY {
+            self.repository
+                .strip_prefix(OFFICIAL_NAMESPACE)
+                .unwrap_or(&self.repository)
+                .to_string()
+        } else {
+            format!("{}/{}", self.registry, self.repository)
+        };
+        self.with_suffix(name)
+    }
+}
+
+/// An allowlist pattern, parsed like a reference: `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`
+/// where `*` matches any run of characters within one part (a registry, one path segment, a
+/// tag, a digest) and never a `/`. `mcp-server:*` is repository `library/mcp-server` on
+/// `docker.io`, any tag; a reference with a digest matches only a pattern that has one
+/// (`mcp-server@*`, `mcp-server@sha256:…`). A pattern with neither tag nor digest means tag
+/// `latest`. `*` alone allows every image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePattern {
+    any: bool,
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl ImagePattern {
+    /// Parse a pattern; the error is one line naming what is wrong.
+    pub fn parse(pattern: &str) -> Result<ImagePattern, String> {
+        let pattern = pattern.trim();
+        if pattern == "*" {
+            return Ok(ImagePattern {
+                any: true,
+                registry: String::new(),
+                repository: String::new(),
+                tag: None,
+                digest: None,
+            });
+        }
+        let (rest, digest) = match pattern.rsplit_once('@') {
+            Some((r, d)) => (r, Some(d.to_string())),
+            None => (pattern, None),
+        };
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (
+                &rest[..last_slash + i],
+                Some(rest[last_slash + i + 1..].to_string()),
+            ),
+            None => (rest, None),
+        };
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_string())
+        } else {
+            tag
+        };
+        // Check the syntax with the reference parser, every `*` standing for a valid part.
+        let mut probe = name.replace('*', "x");
+        if let Some(t) = &tag {
+            probe.push(':');
+            probe.push_str(&t.replace('*', "x"));
+        }
+        if let Some(d) = &digest {
+            probe.push('@');
+            probe.push_str(&match d.as_str() {
+                "*" | "sha256:*" => format!("sha256:{}", "0".repeat(64)),
+                "sha384:*" => format!("sha384:{}", "0".repeat(96)),
+                "sha512:*" => format!("sha512:{}", "0".repeat(128)),
+                d if d.contains('*') => {
+                    return Err(format!(
+                        "image pattern {}: a digest pattern is `*`, `ALGORITHM:*` or a whole digest",
+                        echo(pattern)
+                    ));
+                }
+                d => d.to_string(),
+            });
+        }
+        oci_spec::distribution::Reference::try_from(probe.as_str())
+            .map_err(|e| format!("image pattern {} is not valid: {e}", echo(pattern)))?;
+        // The same registry split as the reference parser (distribution's splitDockerDomain).
+        let (mut registry, mut repository) = match name.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), rest.to_string())
+            }
+            _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
+        };
+        if registry == "index.docker.io" {
+            registry = DEFAULT_REGISTRY.to_string();
+        }
+        if registry == DEFAULT_REGISTRY && !repository.contains('/') {
+            repository = format!("{OFFICIAL_NAMESPACE}{repository}");
+        }
+        Ok(ImagePattern {
+            any: false,
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// Does the parsed reference match?
+    pub fn matches(&self, r: &ImageRef) -> bool {
+        if self.any {
+            return true;
+        }
+        let segments = |p: &str, t: &str| {
+            let (p, t): (Vec<&str>, Vec<&str>) = (p.split('/').collect(), t.split('/').collect());
+            p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| glob_match(p, t))
+        };
+        if !glob_match(&self.registry, &r.registry) || !segments(&self.repository, &r.repository) {
+            return false;
+        }
+        match (&r.digest, &self.digest) {
+            (Some(_), None) => return false,
+            (Some(d), Some(p)) if !glob_match(p, d) => return false,
+            _ => {}
+        }
+        match (&r.tag, &self.tag) {
+            (Some(t), Some(p)) => glob_match(p, t),
+            // A digest-only pattern pins by digest; the tag does not matter.
+            (Some(_), None) => r.digest.is_some(),
+            (None, _) => r.digest.is_some() && self.digest.is_some(),
+        }
+    }
+}
+
+impl Policy {
+    /// Check every allowlist pattern (for configuration errors at start-up).
+    pub fn check_patterns(&self) -> Result<(), String> {
+        for p in &self.allowed_images {
+            ImagePattern::parse(p)?;
+        }
+        Ok(())
     }
 }
 
@@ -487,14 +705,14 @@ fn parse_user(user: &str) -> Result<(), String> {
     let gid = it.next();
     let uid: u32 = uid
         .parse()
-        .map_err(|_| format!("{user:?} must be a numeric uid or uid:gid"))?;
+        .map_err(|_| format!("{} must be a numeric uid or uid:gid", echo(user)))?;
     if uid == 0 {
         return Err("root (uid 0) is not allowed: sandboxes run as a non-root user".into());
     }
     if let Some(g) = gid {
         let g: u32 = g
             .parse()
-            .map_err(|_| format!("{user:?} must be a numeric uid or uid:gid"))?;
+            .map_err(|_| format!("{} must be a numeric uid or uid:gid", echo(user)))?;
         if g == 0 {
             return Err("gid 0 is not allowed: sandboxes run as a non-root group".into());
         }
@@ -502,10 +720,21 @@ fn parse_user(user: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A quantity as written, for messages: unquoted, control characters escaped, cut.
+fn shown(q: &Quantity) -> String {
+    limits::escape_max(&q.to_string(), limits::MAX_ECHO_CHARS)
+}
+
 /// Parse a Kubernetes memory quantity (`256Mi`, `1G`, `1048576`) into bytes.
 pub fn parse_memory(q: &Quantity) -> Result<i64, String> {
     let text = match q {
-        Quantity::Number(n) if *n >= 0.0 && n.fract() == 0.0 => return Ok(*n as i64),
+        Quantity::Number(n) if !n.is_finite() => {
+            return Err(format!("{n} is not a finite number"));
+        }
+        Quantity::Number(n) if *n >= 0.0 && n.fract() == 0.0 && *n < i64::MAX as f64 => {
+            return Ok(*n as i64);
+        }
+        Quantity::Number(n) if *n >= i64::MAX as f64 => return Err(format!("{n} is too large")),
         Quantity::Number(n) => return Err(format!("{n} is not a whole number of bytes")),
         Quantity::Text(s) => s.trim(),
     };
@@ -525,41 +754,54 @@ pub fn parse_memory(q: &Quantity) -> Result<i64, String> {
         "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         _ => {
             return Err(format!(
-                "{text:?} is not a memory quantity (use e.g. 256Mi, 1Gi, 512M)"
+                "{} is not a memory quantity (use e.g. 256Mi, 1Gi, 512M)",
+                echo(text)
             ));
         }
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a memory quantity (use e.g. 256Mi, 1Gi, 512M)"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!(
+            "{} is not a memory quantity (use e.g. 256Mi, 1Gi, 512M)",
+            echo(text)
+        )
+    })?;
     let bytes = n * mult;
-    if !bytes.is_finite() || bytes > i64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
+    if !bytes.is_finite() || bytes >= i64::MAX as f64 {
+        return Err(format!("{} is too large", echo(text)));
     }
     Ok(bytes as i64)
 }
 
 /// Parse a CPU quantity (`0.5`, `"0.5"`, `500m`) into nano-CPUs.
 pub fn parse_cpus(q: &Quantity) -> Result<i64, String> {
+    let not_cpus = |s: &str| format!("{} is not a CPU quantity (use e.g. 0.5 or 500m)", echo(s));
     let cores = match q {
         Quantity::Number(n) => *n,
         Quantity::Text(s) => {
             let s = s.trim();
+            // Only plain decimals: Rust would also read "inf", "NaN" and "1e400".
+            let digits = s.strip_suffix('m').unwrap_or(s);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                return Err(not_cpus(s));
+            }
             if let Some(m) = s.strip_suffix('m') {
                 m.parse::<f64>()
                     .map(|m| m / 1000.0)
-                    .map_err(|_| format!("{s:?} is not a CPU quantity (use e.g. 0.5 or 500m)"))?
+                    .map_err(|_| not_cpus(s))?
             } else {
-                s.parse::<f64>()
-                    .map_err(|_| format!("{s:?} is not a CPU quantity (use e.g. 0.5 or 500m)"))?
+                s.parse::<f64>().map_err(|_| not_cpus(s))?
             }
         }
     };
-    if !cores.is_finite() || cores < 0.01 {
-        return Err(format!("{q} must be at least 0.01 cpus"));
+    let shown = shown(q);
+    if !cores.is_finite() {
+        return Err(format!("{shown} is not a finite number"));
+    }
+    if cores < 0.01 {
+        return Err(format!("{shown} must be at least 0.01 cpus"));
     }
     if cores > 1024.0 {
-        return Err(format!("{q} is too large"));
+        return Err(format!("{shown} is too large"));
     }
     Ok((cores * 1e9).round() as i64)
 }
@@ -673,13 +915,215 @@ mod tests {
     }
 
     #[test]
-    fn globs_and_images() {
+    fn globs() {
         assert!(glob_match("mcp-server:*", "mcp-server:latest"));
         assert!(!glob_match("mcp-server:*", "evil/mcp-server:latest"));
         assert!(glob_match("*", "anything"));
         assert!(glob_match("reg:5000/*/x:*", "reg:5000/a/b/x:1"));
-        assert_eq!(normalise_image("reg:5000/img"), "reg:5000/img:latest");
-        assert_eq!(normalise_image("img@sha256:ab"), "img@sha256:ab");
+    }
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn image_references_are_parsed_and_normalised() {
+        for (image, normalised, engine) in [
+            (
+                "mcp-server",
+                "docker.io/library/mcp-server:latest",
+                "mcp-server:latest",
+            ),
+            (
+                "mcp-server:latest",
+                "docker.io/library/mcp-server:latest",
+                "mcp-server:latest",
+            ),
+            (
+                "docker.io/library/mcp-server:1",
+                "docker.io/library/mcp-server:1",
+                "mcp-server:1",
+            ),
+            (
+                "index.docker.io/library/mcp-server:1",
+                "docker.io/library/mcp-server:1",
+                "mcp-server:1",
+            ),
+            ("team/tool:2", "docker.io/team/tool:2", "team/tool:2"),
+            ("reg:5000/img", "reg:5000/img:latest", "reg:5000/img:latest"),
+            ("localhost/img:1", "localhost/img:1", "localhost/img:1"),
+            (
+                "mcp-server:5000/evil:latest",
+                "mcp-server:5000/evil:latest",
+                "mcp-server:5000/evil:latest",
+            ),
+        ] {
+            let r = ImageRef::parse(image).unwrap();
+            assert_eq!(r.normalised(), normalised, "{image}");
+            assert_eq!(r.engine_ref(), engine, "{image}");
+        }
+        let pinned = format!("mcp-server@{DIGEST}");
+        let r = ImageRef::parse(&pinned).unwrap();
+        assert_eq!(
+            (r.tag.as_deref(), r.digest.as_deref()),
+            (None, Some(DIGEST))
+        );
+        assert_eq!(r.engine_ref(), pinned);
+        for bad in [
+            "",
+            "mcp-server:*",
+            "mcp-server:",
+            "mcp-server:latest:latest",
+            "mcp-server:../../x",
+            "MCP-server:1",
+            " mcp-server:1",
+            "mcp-server:1\n",
+            "mcp-server@sha256:ab",
+            "mcp-server@md5:0123456789abcdef0123456789abcdef",
+            "/mcp-server",
+            "mcp-server//x",
+            "mcp-server:1\u{0}",
+        ] {
+            let e = ImageRef::parse(bad).unwrap_err();
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+        }
+        assert!(
+            ImageRef::parse(&"a".repeat(600))
+                .unwrap_err()
+                .contains("longer than 512")
+        );
+    }
+
+    #[test]
+    fn allowlist_matches_parsed_references_not_strings() {
+        let allowed = |pattern: &str, image: &str| {
+            let p = ImagePattern::parse(pattern).unwrap();
+            p.matches(&ImageRef::parse(image).unwrap())
+        };
+        let pinned = format!("mcp-server@{DIGEST}");
+        let tagged_pinned = format!("mcp-server:1@{DIGEST}");
+        let cases: Vec<(&str, &str, bool)> = vec![
+            // The bypasses of issue 9: a registry host named `mcp-server`.
+            ("mcp-server:*", "mcp-server:5000/evil:latest", false),
+            (
+                "mcp-server:*",
+                "mcp-server:443/library/alpine:latest",
+                false,
+            ),
+            ("mcp-server:*", "mcp-server:80/x", false),
+            ("mcp-server:*", "mcp-server.evil.com/mcp-server:1", false),
+            ("mcp-server:*", "evil/mcp-server:latest", false),
+            ("mcp-server:*", "localhost/mcp-server:1", false),
+            ("mcp-server:*", "mcp-server-evil:1", false),
+            ("mcp-server:*", "mcp-server/evil:1", false),
+            // Normal cases.
+            ("mcp-server:*", "mcp-server", true),
+            ("mcp-server:*", "mcp-server:latest", true),
+            ("mcp-server:*", "mcp-server:1.2.3", true),
+            ("mcp-server:*", "docker.io/library/mcp-server:1", true),
+            ("mcp-server:*", "index.docker.io/library/mcp-server:1", true),
+            // Digests only when the pattern says so.
+            ("mcp-server:*", &pinned, false),
+            ("mcp-server:*", &tagged_pinned, false),
+            ("mcp-server@*", &pinned, true),
+            ("mcp-server@*", &tagged_pinned, true),
+            ("mcp-server@*", "mcp-server:1", false),
+            ("mcp-server:*@*", &pinned, true),
+            ("mcp-server:*@*", "mcp-server:1", true),
+            ("mcp-server@sha256:*", &pinned, true),
+            (&pinned, &pinned, true),
+            // Without a tag a pattern means `latest`.
+            ("mcp-server", "mcp-server", true),
+            ("mcp-server", "mcp-server:1", false),
+            // Wildcards stay within one part.
+            (
+                "registry.local:5000/team/*:*",
+                "registry.local:5000/team/tool:1",
+                true,
+            ),
+            (
+                "registry.local:5000/team/*:*",
+                "registry.local:5000/team/a/b:1",
+                false,
+            ),
+            (
+                "registry.local:5000/team/*:*",
+                "registry.local:5001/team/tool:1",
+                false,
+            ),
+            ("registry.local:5000/team/*:*", "team/tool:1", false),
+            ("mcp-server:v1.*", "mcp-server:v1.2", true),
+            ("mcp-server:v1.*", "mcp-server:v2.0", false),
+            ("*", "anything.example.com/x/y:z", true),
+        ];
+        for (pattern, image, want) in cases {
+            assert_eq!(allowed(pattern, image), want, "{pattern} vs {image}");
+        }
+        for bad in [
+            "mcp-server:",
+            "mcp-server@sha*",
+            "MCP:*",
+            "a:b:c",
+            "mcp-server@",
+        ] {
+            assert!(ImagePattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_bypass_images_are_refused_at_the_contract() {
+        let p = Policy::default();
+        for image in [
+            "mcp-server:*",
+            "mcp-server:",
+            "mcp-server:latest:latest",
+            "mcp-server:../../x",
+            "mcp-server:5000/evil:latest",
+            "mcp-server:443/library/alpine:latest",
+            "mcp-server:80/x",
+        ] {
+            let v = p.sandbox(&spec(image)).unwrap_err();
+            assert_eq!(v[0].path, "spec.image", "{image}");
+        }
+        assert_eq!(
+            p.sandbox(&spec("mcp-server")).unwrap().image,
+            "mcp-server:latest"
+        );
+        assert!(Policy::default().check_patterns().is_ok());
+    }
+
+    #[test]
+    fn non_finite_and_tiny_resources_are_refused() {
+        assert!(
+            parse_memory(&Quantity::Number(f64::NAN))
+                .unwrap_err()
+                .contains("finite")
+        );
+        assert!(
+            parse_memory(&Quantity::Number(f64::INFINITY))
+                .unwrap_err()
+                .contains("finite")
+        );
+        assert!(parse_memory(&Quantity::Number(1e300)).is_err());
+        assert!(
+            parse_cpus(&Quantity::Number(f64::NAN))
+                .unwrap_err()
+                .contains("finite")
+        );
+        assert!(
+            parse_cpus(&Quantity::Number(f64::INFINITY))
+                .unwrap_err()
+                .contains("finite")
+        );
+        for t in ["NaN", "inf", "infinity", "1e400", "-1", ".nan"] {
+            assert!(parse_cpus(&Quantity::Text(t.into())).is_err(), "{t}");
+            assert!(parse_memory(&Quantity::Text(t.into())).is_err(), "{t}");
+        }
+        let p = Policy::default();
+        let mut s = spec("mcp-server:1");
+        s.resources.memory = Some(Quantity::Text("4Mi".into()));
+        let v = p.sandbox(&s).unwrap_err();
+        assert!(v[0].message.contains("6Mi minimum"), "{v:?}");
+        s.resources.memory = Some(Quantity::Text("6Mi".into()));
+        assert!(p.sandbox(&s).is_ok());
     }
 
     #[test]

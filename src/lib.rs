@@ -8,6 +8,7 @@
 //! - [`parse`]: files and stdin → sessions, errors naming file, document and field.
 //! - [`contract`]: the sandbox contract — the one place hardening is decided.
 //! - [`admission`]: the one validation path for every write of desired state.
+//! - [`limits`]: every input bound (sizes, counts, ranges, parse budget), in one place.
 //! - [`plan`]: the pure planning core, desired + observed → actions.
 //! - [`store`]: Redis — desired state, status, compare-and-swap, change stream.
 //! - [`runtime`]: Docker through bollard — list, create, start, remove, events.
@@ -34,6 +35,7 @@ pub mod contract;
 pub mod controller;
 pub mod expect;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod parse;

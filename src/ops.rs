@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::admission::{self, AdmissionError};
 use crate::contract::Policy;
+use crate::limits::{self, human_bytes};
 use crate::parse::{self, Origin, ParseError};
 use crate::resource::{SOURCE_ANNOTATION, Session};
 use crate::store::{Store, StoreError};
@@ -236,11 +237,27 @@ pub async fn patch(
     req: &PatchRequest<'_>,
 ) -> Result<(Applied, Session), OpsError> {
     let name = req.name;
+    if limits::json_size(req.doc, limits::MAX_PATCH_BYTES).is_none() {
+        return Err(OpsError::Patch(format!(
+            "the patch is larger than {}",
+            human_bytes(limits::MAX_PATCH_BYTES)
+        )));
+    }
     let ops: Option<json_patch::Patch> = match req.kind {
-        PatchType::Json => Some(
-            serde_json::from_value(req.doc.clone())
-                .map_err(|e| OpsError::Patch(format!("not an RFC 6902 JSON patch: {e}")))?,
-        ),
+        PatchType::Json => {
+            if let Some(list) = req.doc.as_array()
+                && list.len() > limits::MAX_PATCH_OPS
+            {
+                return Err(OpsError::Patch(format!(
+                    "{} operations, more than the limit of {}",
+                    list.len(),
+                    limits::MAX_PATCH_OPS
+                )));
+            }
+            Some(serde_json::from_value(req.doc.clone()).map_err(|e| {
+                OpsError::Patch(limits::escape(&format!("not an RFC 6902 JSON patch: {e}")))
+            })?)
+        }
         PatchType::Merge => {
             if !req.doc.is_object() {
                 return Err(OpsError::Patch(
@@ -274,14 +291,13 @@ pub async fn patch(
         doc.status = None;
         let mut value = serde_json::to_value(&doc).map_err(|e| OpsError::Patch(e.to_string()))?;
         match &ops {
-            Some(p) => json_patch::patch(&mut value, p).map_err(|e| match e.kind {
-                json_patch::PatchErrorKind::TestFailed => OpsError::TestFailed(format!(
-                    "operation {} (test of {}) failed: the value did not match",
-                    e.operation, e.path
-                )),
-                _ => OpsError::Patch(e.to_string()),
-            })?,
-            None => json_patch::merge(&mut value, req.doc),
+            Some(p) => apply_bounded(&mut value, &p.0)?,
+            None => {
+                json_patch::merge(&mut value, req.doc);
+                if limits::json_size(&value, limits::MAX_OBJECT_BYTES).is_none() {
+                    return Err(too_large(None));
+                }
+            }
         }
         if let Some(obj) = value.as_object_mut() {
             obj.remove("status");
@@ -330,6 +346,58 @@ pub async fn patch(
         expected: "latest".into(),
         current: "changing too fast".into(),
     }))
+}
+
+fn too_large(op: Option<usize>) -> OpsError {
+    let when = op.map_or(String::new(), |i| format!("after operation {i}, "));
+    OpsError::Patch(format!(
+        "{when}the patched session is larger than {}",
+        human_bytes(limits::MAX_OBJECT_BYTES)
+    ))
+}
+
+/// How much one operation can grow the serialized document at most: the size of the value
+/// it adds (or copies) plus its key. `None` when that alone is over the object limit.
+fn growth(doc: &Value, op: &json_patch::PatchOperation) -> Option<usize> {
+    use json_patch::PatchOperation as Op;
+    let limit = limits::MAX_OBJECT_BYTES;
+    let key = |p: &json_patch::jsonptr::PointerBuf| p.as_str().len() + 4;
+    match op {
+        Op::Add(o) => Some(key(&o.path) + limits::json_size(&o.value, limit)?),
+        Op::Replace(o) => Some(key(&o.path) + limits::json_size(&o.value, limit)?),
+        Op::Copy(o) => {
+            let copied = doc.pointer(o.from.as_str()).unwrap_or(&Value::Null);
+            Some(key(&o.path) + limits::json_size(copied, limit)?)
+        }
+        Op::Move(o) => Some(key(&o.path)),
+        Op::Remove(_) | Op::Test(_) => Some(0),
+    }
+}
+
+/// Apply RFC 6902 operations one at a time, keeping an upper bound of the document's
+/// serialized size, and measure it again whenever the bound passes
+/// [`limits::MAX_OBJECT_BYTES`]: a patch that keeps copying a map into itself stops at the
+/// first operation that makes the document too large, long before memory is at risk.
+fn apply_bounded(value: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), OpsError> {
+    let limit = limits::MAX_OBJECT_BYTES;
+    let mut bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(None))?;
+    for (i, op) in ops.iter().enumerate() {
+        let grow = growth(value, op).ok_or_else(|| too_large(Some(i)))?;
+        json_patch::patch(value, std::slice::from_ref(op)).map_err(|e| match e.kind {
+            json_patch::PatchErrorKind::TestFailed => {
+                OpsError::TestFailed(limits::escape(&format!(
+                    "operation {i} (test of {}) failed: the value did not match",
+                    e.path
+                )))
+            }
+            _ => OpsError::Patch(limits::escape(&format!("operation {i}: {}", e.kind))),
+        })?;
+        bound = bound.saturating_add(grow);
+        if bound > limit {
+            bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(Some(i)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Delete a session on behalf of `source`, honouring ownership and, when given, the
@@ -392,6 +460,54 @@ mod tests {
         assert!(check_owner(&owned_by("file:/s/a.yaml"), "api").is_err());
         assert!(check_owner(&owned_by("file:/s/a.yaml"), "file:/s/b.yaml").is_err());
         assert!(check_owner(&owned_by("file:/s/a.yaml"), "file:/s/a.yaml").is_ok());
+    }
+
+    #[test]
+    fn self_copy_patches_stop_at_the_object_limit() {
+        let mut s = Session::new("a", "mcp-server:1");
+        s.metadata.labels.insert("k".into(), "v".repeat(60));
+        let mut value = serde_json::to_value(&s).unwrap();
+        let ops: Vec<json_patch::PatchOperation> = (0..limits::MAX_PATCH_OPS)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "op": "copy", "from": "/metadata/labels", "path": format!("/metadata/labels/c{i}")
+                }))
+                .unwrap()
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let err = apply_bounded(&mut value, &ops).unwrap_err().to_string();
+        assert!(err.contains("larger than 256 KiB"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(limits::json_size(&value, 2 * limits::MAX_OBJECT_BYTES).is_some());
+    }
+
+    #[test]
+    fn many_small_operations_are_fine_and_errors_name_the_operation() {
+        let s = Session::new("a", "mcp-server:1");
+        let mut value = serde_json::to_value(&s).unwrap();
+        let mut ops: Vec<json_patch::PatchOperation> = (0..500)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "op": "add", "path": format!("/metadata/annotations/a{i}"), "value": "x"
+                }))
+                .unwrap()
+            })
+            .collect();
+        ops.insert(
+            0,
+            serde_json::from_value(
+                serde_json::json!({"op": "add", "path": "/metadata/annotations", "value": {}}),
+            )
+            .unwrap(),
+        );
+        apply_bounded(&mut value, &ops).unwrap();
+        let bad: Vec<json_patch::PatchOperation> = vec![
+            serde_json::from_value(serde_json::json!({"op": "remove", "path": "/metadata/x"}))
+                .unwrap(),
+        ];
+        let e = apply_bounded(&mut value, &bad).unwrap_err().to_string();
+        assert!(e.starts_with("patch: operation 0:"), "{e}");
     }
 
     #[test]

@@ -3,11 +3,21 @@
 //! A file may hold one JSON object, several YAML documents, or a list (`{"items": [...]}`).
 //! Every error names the file, the document index (0-based) and the field path. Parsing does
 //! not validate the sandbox contract; that is [`crate::admission`]'s job.
+//!
+//! Parsing is bounded before it builds anything (see [`crate::limits`]): the input size, then
+//! a streaming pass over the YAML events (or the JSON text) that stops at the first nesting
+//! level, node, alias or byte over budget — so neither a deeply nested input nor an alias
+//! bomb costs more than the budget. Numbers must be finite, and every struct-typed field must
+//! be a mapping. [`parse_str`] and [`parse_bytes`] are pure functions of their input (no IO),
+//! safe to run on a blocking thread.
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
+use crate::limits::{self, escape, human_bytes};
 use crate::resource::Session;
 
 /// Where a parsed session came from.
@@ -68,6 +78,17 @@ pub enum ParseError {
     },
 }
 
+impl ParseError {
+    /// An [`ParseError::Invalid`] with control characters escaped and long text cut, so the
+    /// message stays one printable line whatever the input held.
+    pub fn invalid(location: impl AsRef<str>, message: impl AsRef<str>) -> ParseError {
+        ParseError::Invalid {
+            location: escape(location.as_ref()),
+            message: escape(message.as_ref()),
+        }
+    }
+}
+
 /// Does this file name count as a spec file (`*.yaml`, `*.yml`, `*.json`, not hidden, not an
 /// editor temp file)?
 pub fn is_spec_file(path: &Path) -> bool {
@@ -118,49 +139,97 @@ pub fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ParseError> {
 pub fn load_paths(args: &[PathBuf]) -> Result<Vec<Document>, ParseError> {
     let mut docs = Vec::new();
     for path in expand_paths(args)? {
-        let (name, text) = if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
-                ParseError::Read {
-                    file: "-".into(),
-                    source,
-                }
-            })?;
-            ("-".to_string(), text)
+        let name = if path.as_os_str() == "-" {
+            "-".to_string()
         } else {
-            let text = std::fs::read_to_string(&path).map_err(|source| ParseError::Read {
-                file: path.display().to_string(),
-                source,
-            })?;
-            (path.display().to_string(), text)
+            path.display().to_string()
         };
-        docs.extend(parse_str(&name, &text)?);
+        let read = |source| ParseError::Read {
+            file: escape(&name),
+            source,
+        };
+        let bytes = if path.as_os_str() == "-" {
+            read_bounded(std::io::stdin().lock()).map_err(read)?
+        } else {
+            read_bounded(std::fs::File::open(&path).map_err(read)?).map_err(read)?
+        };
+        docs.extend(parse_bytes(&name, &bytes)?);
     }
     Ok(docs)
 }
 
+/// Read at most one byte more than [`limits::MAX_INPUT_BYTES`], so a huge file or stream is
+/// never read whole; [`parse_bytes`] then refuses it by its size.
+fn read_bounded(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let cap = u64::try_from(limits::MAX_INPUT_BYTES).unwrap_or(u64::MAX);
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, cap.saturating_add(1)), &mut buf)?;
+    Ok(buf)
+}
+
+/// Parse the raw bytes of one file or body: refused when larger than
+/// [`limits::MAX_INPUT_BYTES`] or not UTF-8, otherwise [`parse_str`].
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<Document>, ParseError> {
+    check_size(file, bytes.len())?;
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ParseError::invalid(
+            format!("{file}: document 0"),
+            format!(
+                "the input is not UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    parse_str(file, text)
+}
+
+fn check_size(file: &str, len: usize) -> Result<(), ParseError> {
+    if len > limits::MAX_INPUT_BYTES {
+        return Err(ParseError::invalid(
+            format!("{file}: document 0"),
+            format!(
+                "the input is larger than the {} limit",
+                human_bytes(limits::MAX_INPUT_BYTES)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Parse the text of one file. JSON is detected by a leading `{` or `[`; everything else is
-/// read as (possibly multi-document) YAML.
+/// read as (possibly multi-document) YAML. The input is refused, before any value is built,
+/// when it is larger than [`limits::MAX_INPUT_BYTES`] or goes over the nesting, node, alias
+/// or document budget of [`crate::limits`].
 pub fn parse_str(file: &str, text: &str) -> Result<Vec<Document>, ParseError> {
+    check_size(file, text.len())?;
     let mut values = Vec::new();
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let v: Value = serde_json::from_str(text).map_err(|e| ParseError::Invalid {
-            location: format!("{file}: document 0"),
-            message: format!("invalid JSON: {e}"),
+        json_budget(text).map_err(|m| ParseError::invalid(format!("{file}: document 0"), m))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            ParseError::invalid(format!("{file}: document 0"), format!("invalid JSON: {e}"))
         })?;
         values.push(v);
     } else {
+        yaml_budget(text)
+            .map_err(|(index, m)| ParseError::invalid(format!("{file}: document {index}"), m))?;
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let v: serde_yaml::Value =
-                serde::Deserialize::deserialize(doc).map_err(|e| ParseError::Invalid {
-                    location: format!("{file}: document {index}"),
-                    message: format!("invalid YAML: {e}"),
-                })?;
-            let v = serde_json::to_value(v).map_err(|e| ParseError::Invalid {
-                location: format!("{file}: document {index}"),
-                message: format!("unsupported YAML: {e}"),
-            })?;
+            let location = || format!("{file}: document {index}");
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+                .map_err(|e| ParseError::invalid(location(), format!("invalid YAML: {e}")))?;
+            if let Some(path) = non_finite(&v) {
+                let at = if path.is_empty() {
+                    location()
+                } else {
+                    format!("{}: {path}", location())
+                };
+                return Err(ParseError::invalid(
+                    at,
+                    "not a finite number (.nan and .inf are not allowed)",
+                ));
+            }
+            let v = serde_json::to_value(v)
+                .map_err(|e| ParseError::invalid(location(), format!("unsupported YAML: {e}")))?;
             values.push(v);
         }
     }
@@ -176,10 +245,10 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Document>, ParseError> {
             Value::Array(items) => expand_items(&origin, items, &mut docs)?,
             Value::Object(ref map) if map.contains_key("items") && !map.contains_key("spec") => {
                 let Some(Value::Array(items)) = map.get("items").cloned() else {
-                    return Err(ParseError::Invalid {
-                        location: origin.at("items"),
-                        message: "must be a list of Session objects".into(),
-                    });
+                    return Err(ParseError::invalid(
+                        origin.at("items"),
+                        "must be a list of Session objects",
+                    ));
                 };
                 expand_items(&origin, items, &mut docs)?;
             }
@@ -210,22 +279,278 @@ fn expand_items(
     Ok(())
 }
 
-/// Deserialize one document, keeping the field path of the first error.
+/// Deserialize one document, keeping the field path of the first error. Every struct-typed
+/// field must be a mapping (serde would also build a struct from a list).
 pub fn from_value(origin: &Origin, value: Value) -> Result<Session, ParseError> {
     if !value.is_object() {
-        return Err(ParseError::Invalid {
-            location: origin.at(""),
-            message: "a Session document must be a mapping".into(),
-        });
+        return Err(ParseError::invalid(
+            origin.at(""),
+            "a Session document must be a mapping",
+        ));
+    }
+    if let Some((path, got)) = struct_not_object(&value) {
+        return Err(ParseError::invalid(
+            origin.at(&path),
+            format!("must be a mapping, got {got}"),
+        ));
     }
     serde_path_to_error::deserialize::<_, Session>(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        ParseError::Invalid {
-            location: origin.at(&path),
-            message: e.into_inner().to_string(),
-        }
+        ParseError::invalid(origin.at(&path), e.into_inner().to_string())
     })
+}
+
+/// The fields of [`Session`] whose type is a struct (or an optional struct), as paths from the
+/// document root; `[]` stands for every element of a list.
+const STRUCT_FIELDS: &[&[&str]] = &[
+    &["metadata"],
+    &["spec"],
+    &["spec", "resources"],
+    &["spec", "chat"],
+    &["spec", "chat", "tools"],
+    &["status"],
+    &["status", "conditions", "[]"],
+];
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// The first struct-typed field (see [`STRUCT_FIELDS`]) that holds something other than a
+/// mapping (or null, which means "unset"), with what it holds.
+fn struct_not_object(root: &Value) -> Option<(String, &'static str)> {
+    fn walk(v: &Value, rest: &[&str], path: String) -> Option<(String, &'static str)> {
+        let Some((first, rest)) = rest.split_first() else {
+            return match v {
+                Value::Object(_) | Value::Null => None,
+                other => Some((path, type_name(other))),
+            };
+        };
+        if *first == "[]" {
+            let items = v.as_array()?;
+            return items
+                .iter()
+                .enumerate()
+                .find_map(|(i, item)| walk(item, rest, format!("{path}[{i}]")));
+        }
+        let next = v.as_object()?.get(*first)?;
+        let path = if path.is_empty() {
+            (*first).to_string()
+        } else {
+            format!("{path}.{first}")
+        };
+        walk(next, rest, path)
+    }
+    STRUCT_FIELDS
+        .iter()
+        .find_map(|fields| walk(root, fields, String::new()))
+}
+
+/// The path of the first non-finite number (`.nan`, `.inf`) in a YAML value, if any.
+/// (Converted to JSON they would silently become `null`.)
+fn non_finite(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::Number(n) => {
+            n.as_f64().filter(|f| !f.is_finite()).map(|_| String::new())
+        }
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(item).map(|p| join_path(&format!("[{i}]"), &p))),
+        serde_yaml::Value::Mapping(map) => map.iter().find_map(|(k, item)| {
+            non_finite(item).map(|p| {
+                let key = match k {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                };
+                join_path(&key, &p)
+            })
+        }),
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value),
+        _ => None,
+    }
+}
+
+fn join_path(head: &str, tail: &str) -> String {
+    if tail.is_empty() {
+        head.to_string()
+    } else if tail.starts_with('[') {
+        format!("{head}{tail}")
+    } else {
+        format!("{head}.{tail}")
+    }
+}
+
+/// Weight of a YAML node for the budget: nodes and scalar bytes, aliases expanded.
+#[derive(Debug, Clone, Copy, Default)]
+struct Weight {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Weight {
+    fn add(&mut self, w: Weight) {
+        self.nodes = self.nodes.saturating_add(w.nodes);
+        self.bytes = self.bytes.saturating_add(w.bytes);
+    }
+}
+
+/// Walk the YAML event stream once and stop at the first thing over budget: nesting deeper
+/// than [`limits::MAX_DEPTH`], more than [`limits::MAX_ALIASES`] aliases, more than
+/// [`limits::MAX_DOCUMENTS`] documents, or — counting every alias as a full copy of its
+/// anchor — more than [`limits::MAX_NODES`] nodes or [`limits::MAX_EXPANDED_BYTES`] of
+/// scalars. Errors carry the document index. Linear in the input up to where it stops.
+fn yaml_budget(text: &str) -> Result<(), (usize, String)> {
+    use saphyr_parser::{Event, Parser};
+
+    let mut stack: Vec<(usize, Weight)> = Vec::new();
+    let mut anchors: HashMap<usize, Weight> = HashMap::new();
+    let mut total = Weight::default();
+    let mut documents = 0usize;
+    let mut aliases = 0usize;
+    for item in Parser::new_from_str(text) {
+        let doc = documents.saturating_sub(1);
+        let (event, _) = item.map_err(|e| {
+            if e.info() == "recursion limit exceeded" {
+                // The scanner's own flow-nesting limit (deeper than ours), met while it looks
+                // ahead for a key.
+                (
+                    doc,
+                    format!("nested deeper than {} levels", limits::MAX_DEPTH),
+                )
+            } else {
+                (doc, format!("invalid YAML: {e}"))
+            }
+        })?;
+        let mut own = None;
+        match event {
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > limits::MAX_DOCUMENTS {
+                    return Err((
+                        doc + 1,
+                        format!("more than {} documents", limits::MAX_DOCUMENTS),
+                    ));
+                }
+                own = Some(Weight { nodes: 1, bytes: 0 });
+            }
+            Event::Scalar(value, _, anchor, _) => {
+                let w = Weight {
+                    nodes: 1,
+                    bytes: value.len(),
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, w);
+                }
+                own = Some(w);
+            }
+            Event::Alias(id) => {
+                aliases += 1;
+                if aliases > limits::MAX_ALIASES {
+                    return Err((doc, format!("more than {} aliases", limits::MAX_ALIASES)));
+                }
+                own = Some(
+                    anchors
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(Weight { nodes: 1, bytes: 0 }),
+                );
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if stack.len() >= limits::MAX_DEPTH {
+                    return Err((
+                        doc,
+                        format!("nested deeper than {} levels", limits::MAX_DEPTH),
+                    ));
+                }
+                total.add(Weight { nodes: 1, bytes: 0 });
+                stack.push((anchor, Weight { nodes: 1, bytes: 0 }));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, w)) = stack.pop() {
+                    if anchor > 0 {
+                        anchors.insert(anchor, w);
+                    }
+                    if let Some((_, parent)) = stack.last_mut() {
+                        parent.add(w);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(w) = own {
+            total.add(w);
+            if let Some((_, parent)) = stack.last_mut() {
+                parent.add(w);
+            }
+        }
+        if total.nodes > limits::MAX_NODES {
+            return Err((
+                doc,
+                format!(
+                    "more than {} nodes (aliases counted expanded)",
+                    limits::MAX_NODES
+                ),
+            ));
+        }
+        if total.bytes > limits::MAX_EXPANDED_BYTES {
+            return Err((
+                doc,
+                format!(
+                    "more than {} of text (aliases counted expanded)",
+                    human_bytes(limits::MAX_EXPANDED_BYTES)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The JSON counterpart of [`yaml_budget`]: one pass over the text, outside strings, that
+/// stops when lists and objects nest deeper than [`limits::MAX_DEPTH`] or the text holds more
+/// than [`limits::MAX_NODES`] values. Syntax is left to serde_json.
+fn json_budget(text: &str) -> Result<(), String> {
+    let (mut depth, mut nodes) = (0usize, 1usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                nodes += 1;
+                if depth > limits::MAX_DEPTH {
+                    return Err(format!("nested deeper than {} levels", limits::MAX_DEPTH));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' => nodes += 1,
+            _ => {}
+        }
+        if nodes > limits::MAX_NODES {
+            return Err(format!("more than {} values", limits::MAX_NODES));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -268,6 +593,136 @@ mod tests {
             err.starts_with("s.json: document 0: spec.resources.pids:"),
             "{err}"
         );
+    }
+
+    const HEAD: &str = "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: a}\n";
+
+    fn err(text: &str) -> String {
+        parse_str("f", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        for n in [65usize, 100_000] {
+            let start = std::time::Instant::now();
+            let flow = format!("{HEAD}spec: {}{}", "[".repeat(n), "]".repeat(n));
+            assert!(
+                err(&flow).contains("nested deeper than 64"),
+                "{}",
+                err(&flow)
+            );
+            let block = format!("{HEAD}spec:\n  x:\n  {}1\n", "- ".repeat(n));
+            assert!(
+                err(&block).contains("nested deeper than 64"),
+                "{}",
+                err(&block)
+            );
+            let json = format!("{}{}", "[".repeat(n), "]".repeat(n));
+            assert!(
+                err(&json).contains("nested deeper than 64"),
+                "{}",
+                err(&json)
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        }
+        // 64 levels (root, spec, 62 lists) are fine for the budget, then fail on the schema.
+        let ok = format!(
+            "{HEAD}spec: {{image: x, command: {}{}}}",
+            "[".repeat(62),
+            "]".repeat(62)
+        );
+        assert!(!err(&ok).contains("nested"), "{}", err(&ok));
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(
+            err(&text).contains("aliases counted expanded"),
+            "{}",
+            err(&text)
+        );
+        let big = "y".repeat(100_000);
+        let mut text = format!("a: &big {big}\nb: [");
+        for _ in 0..30 {
+            text.push_str("*big, ");
+        }
+        text.push_str("]\n");
+        assert!(err(&text).contains("of text"), "{}", err(&text));
+        let many = format!("a: &s x\nb: [{}]\n", "*s, ".repeat(1001));
+        assert!(
+            err(&many).contains("more than 1000 aliases"),
+            "{}",
+            err(&many)
+        );
+        // A few aliases are fine.
+        let fine = format!("{HEAD}spec: {{image: &i 'mcp-server:1', command: [*i]}}\n");
+        assert!(parse_str("f", &fine).is_ok());
+    }
+
+    #[test]
+    fn size_documents_and_utf8() {
+        let huge = format!(
+            "{HEAD}spec: {{image: '{}'}}",
+            "x".repeat(limits::MAX_INPUT_BYTES)
+        );
+        assert!(err(&huge).contains("larger than the 1 MiB limit"));
+        let docs = "---\n".repeat(1001);
+        assert!(
+            err(&docs).contains("more than 1000 documents"),
+            "{}",
+            err(&docs)
+        );
+        let e = parse_bytes("f", b"kind: \xff\xfe").unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused() {
+        for (v, path) in [(".nan", "memory"), (".inf", "cpus"), ("-.inf", "cpus")] {
+            let text = format!("{HEAD}spec: {{image: x, resources: {{{path}: {v}}}}}");
+            let e = err(&text);
+            assert!(
+                e.contains(&format!("spec.resources.{path}: not a finite number")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn structs_only_from_mappings() {
+        for (field, text) in [
+            ("spec.resources", "spec: {image: x, resources: []}"),
+            ("spec.chat", "spec: {image: x, chat: []}"),
+            ("spec.chat.tools", "spec: {image: x, chat: {tools: [a]}}"),
+            ("spec", "spec: [image, x]"),
+            (
+                "status.conditions[0]",
+                "spec: {image: x}\nstatus: {phase: Pending, conditions: [[]]}",
+            ),
+        ] {
+            let e = err(&format!("{HEAD}{text}"));
+            assert!(
+                e.contains(&format!("document 0: {field}: must be a mapping")),
+                "{e}"
+            );
+        }
+        assert!(
+            err("apiVersion: x\nkind: Session\nmetadata: [a]\nspec: {image: x}")
+                .contains("metadata: must be a mapping, got a list")
+        );
+        assert!(parse_str("f", &format!("{HEAD}spec: {{image: x, chat: null}}")).is_ok());
+    }
+
+    #[test]
+    fn messages_escape_control_characters() {
+        let e = err(&format!("{HEAD}spec: {{image: x, \"bad\\r\\n\\0\\e\": 1}}"));
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        assert!(e.contains("bad\\r\\n\\0\\u{1b}"), "{e}");
     }
 
     #[test]

@@ -319,11 +319,16 @@ impl Session {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
 
-    /// When the session expires, if it has a ttl and a creation time.
+    /// When the session expires, if it has a ttl and a creation time. Never panics: a ttl
+    /// whose expiry a date cannot hold (admission allows at most ten years, but a stored
+    /// object may predate that bound) gives `None`, i.e. it never expires.
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         let ttl = self.spec.ttl_seconds?;
         let created = self.metadata.creation_timestamp?;
-        Some(created + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2)))
+        i64::try_from(ttl)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .and_then(|d| created.checked_add_signed(d))
     }
 
     /// Where the session came from, per its source annotation.
@@ -338,4 +343,23 @@ impl Session {
 /// The JSON Schema of a Session document, generated from the types.
 pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Session)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_never_overflows() {
+        let mut s = Session::new("a", "mcp-server:1");
+        s.metadata.creation_timestamp = Some(Utc::now());
+        s.spec.ttl_seconds = Some(60);
+        assert!(s.expires_at().unwrap() > Utc::now());
+        for ttl in [9_000_000_000_000, u64::MAX, i64::MAX as u64] {
+            s.spec.ttl_seconds = Some(ttl);
+            assert_eq!(s.expires_at(), None);
+        }
+        s.metadata.creation_timestamp = None;
+        assert_eq!(s.expires_at(), None);
+    }
 }

@@ -55,7 +55,7 @@ use crate::store::{SessionEvent, Store, StoreError};
 /// Quiet time the debouncer waits for after the last event on a path.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Largest spec file read; bigger files are reported as invalid.
-pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+pub const MAX_FILE_SIZE: u64 = crate::limits::MAX_INPUT_BYTES as u64;
 /// Event reason for an invalid file.
 pub const REASON_INVALID: &str = "InvalidSpecFile";
 /// Event reason for a file declaring a session another source owns.
