@@ -132,6 +132,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A duration above zero and at most a day (HTTP timeouts).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: must be above 0 and at most 24h"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the reconciler until SIGINT/SIGTERM.
@@ -209,6 +218,24 @@ struct ServeArgs {
     /// Timeout of one MCP request to a sandbox.
     #[arg(long, env = "MCP_CALL_TIMEOUT", default_value = "30s", value_parser = duration)]
     mcp_call_timeout: Duration,
+    /// Most `?watch=true` streams open at once (429 beyond).
+    #[arg(long, env = "MAX_WATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_watches: u32,
+    /// Most `?wait=` requests waiting at once (429 beyond).
+    #[arg(long, env = "MAX_WAITS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_waits: u32,
+    /// Most chat turns streaming at once (429 beyond).
+    #[arg(long, env = "MAX_CHATS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_chats: u32,
+    /// A request's headers must arrive within this, or the connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_timeout: Duration,
+    /// Each piece of a request body must arrive within this, or 408.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    body_timeout: Duration,
+    /// On SIGTERM, how long open HTTP connections may take to finish.
+    #[arg(long, env = "HTTP_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
+    shutdown_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +362,10 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Do not wait for blocking work still running (a body being parsed at shutdown).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -573,6 +603,14 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         metrics,
         Some(ctrl.handle()),
         shutdown.clone(),
+        crate::http::Limits {
+            max_watches: a.max_watches as usize,
+            max_waits: a.max_waits as usize,
+            max_chats: a.max_chats as usize,
+            header_read_timeout: a.header_timeout,
+            body_read_timeout: a.body_timeout,
+            shutdown_grace: a.shutdown_grace,
+        },
     );
     let gemini = crate::chat::gemini::Gemini::new(crate::chat::gemini::GeminiConfig::from_env());
     if !gemini.has_api_key() {

@@ -23,8 +23,16 @@ pub struct Metrics {
     pub docker_errors: IntCounter,
     /// Redis errors.
     pub redis_errors: IntCounter,
-    /// HTTP requests by method and status code.
+    /// HTTP requests that passed auth, by method (unknown ones as `OTHER`), matched route
+    /// template (`unmatched` when none) and status code.
     pub http_requests: IntCounterVec,
+    /// HTTP requests refused for a missing or wrong bearer token (no labels: junk cannot
+    /// create series).
+    pub http_unauthorized: IntCounter,
+    /// Long-lived HTTP streams open now, by kind (`watch`, `wait`, `chat`).
+    pub open_streams: IntGaugeVec,
+    /// Supervised background tasks that panicked, by task.
+    pub task_panics: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -70,9 +78,30 @@ impl Metrics {
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "mcpo_http_requests_total",
-                "HTTP requests by method and code.",
+                "HTTP requests by method, route template and code.",
             ),
-            &["method", "code"],
+            &["method", "route", "code"],
+        )
+        .expect("valid metric");
+        let http_unauthorized = IntCounter::new(
+            "mcpo_http_unauthorized_total",
+            "HTTP requests refused for a missing or wrong bearer token.",
+        )
+        .expect("valid");
+        let open_streams = IntGaugeVec::new(
+            Opts::new(
+                "mcpo_http_open_streams",
+                "Long-lived HTTP streams open now, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let task_panics = IntCounterVec::new(
+            Opts::new(
+                "mcpo_task_panics_total",
+                "Supervised background tasks that panicked, by task.",
+            ),
+            &["task"],
         )
         .expect("valid metric");
         for c in [
@@ -84,11 +113,17 @@ impl Metrics {
             Box::new(docker_errors.clone()),
             Box::new(redis_errors.clone()),
             Box::new(http_requests.clone()),
+            Box::new(http_unauthorized.clone()),
+            Box::new(open_streams.clone()),
+            Box::new(task_panics.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
         for r in ["success", "error"] {
             reconciles.with_label_values(&[r]);
+        }
+        for k in ["watch", "wait", "chat"] {
+            open_streams.with_label_values(&[k]);
         }
         Metrics {
             registry,
@@ -100,6 +135,9 @@ impl Metrics {
             docker_errors,
             redis_errors,
             http_requests,
+            http_unauthorized,
+            open_streams,
+            task_panics,
         }
     }
 
