@@ -118,8 +118,8 @@ pub(super) async fn chat(
         ));
     }
     let svc = service(&st)?;
-    let permit = st.inner.streams.acquire(StreamKind::Chat)?;
     let turn = svc.begin_turn(&name)?;
+    let permit = st.inner.streams.acquire(StreamKind::Chat)?;
     let prepared = svc.prepare(&name).await?;
     let (tx, rx) = mpsc::channel(256);
     // Cancelled when the response body is dropped (the client went away) or on shutdown.
