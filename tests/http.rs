@@ -822,7 +822,6 @@ async fn server_resources_are_bounded() {
         .unwrap();
     let api = format!("{}/api/v1/sessions", env.api());
 
-    eprintln!("step 1 at {:?}", std::time::SystemTime::now());
     // 1. One watch at most: the second gets 429 with Retry-After; a closed one frees its slot.
     let mut first = Sse::open(&c, &format!("{api}?watch=true")).await;
     let r = c.get(format!("{api}?watch=true")).send().await.unwrap();
@@ -855,7 +854,6 @@ async fn server_resources_are_bounded() {
     }
     assert!(freed, "a closed watch gives its slot back");
 
-    eprintln!("step 2 at {:?}", std::time::SystemTime::now());
     // 2. One wait at most, and timeouts are bounded (400 before anything is written).
     for t in ["11m", "99999999999999999999s", "500000000years"] {
         let r = c
@@ -892,7 +890,6 @@ async fn server_resources_are_bounded() {
     err_body(r, 404).await; // a refused wait wrote nothing
     assert_eq!(waiting.await.unwrap(), 504);
 
-    eprintln!("step 3 at {:?}", std::time::SystemTime::now());
     // 3. Every error body is a JSON Status.
     let r = c
         .put(format!("{api}/%FF"))
@@ -928,7 +925,6 @@ async fn server_resources_are_bounded() {
         .unwrap();
     err_body(r, 405).await;
 
-    eprintln!("step 4 at {:?}", std::time::SystemTime::now());
     // 4. Read timeouts: a body shorter than its Content-Length gets 408 (JSON) after the body
     // timeout; headers that never end close the connection after the header timeout.
     let (answer, took) = raw_exchange(
@@ -950,7 +946,6 @@ async fn server_resources_are_bounded() {
         "closed after the header timeout: {took:?}"
     );
 
-    eprintln!("step 5 at {:?}", std::time::SystemTime::now());
     // 5. Parsing runs off the async workers: /healthz answers fast while two large nested
     // bodies are parsed.
     let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
@@ -993,7 +988,6 @@ async fn server_resources_are_bounded() {
         assert!((400..500).contains(&code), "{code}");
     }
 
-    eprintln!("step 6 at {:?}", std::time::SystemTime::now());
     // 6. Metrics: labelled by route template, unknown methods and routes lumped together.
     let text = c
         .get(format!("{}/metrics", env.api()))
@@ -1013,7 +1007,6 @@ async fn server_resources_are_bounded() {
         "{text}"
     );
 
-    eprintln!("step 7 at {:?}", std::time::SystemTime::now());
     // 7. SIGTERM stops serve with a watch stream open (stop_orchestrator allows 10 s).
     let t0 = std::time::Instant::now();
     let mut open = loop {
