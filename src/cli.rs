@@ -159,6 +159,15 @@ fn duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration above zero and at most a day (HTTP timeouts).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: must be above 0 and at most 24h"));
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the reconciler until SIGINT/SIGTERM.
@@ -249,7 +258,7 @@ struct ServeArgs {
     /// A reconcile running longer is abandoned, counted as failed and retried.
     #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "60s", value_parser = duration)]
     reconcile_timeout: Duration,
-    /// On SIGTERM, how long running reconciles may finish before they are aborted.
+    /// On SIGTERM, how long running reconciles and open HTTP connections may finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     shutdown_grace: Duration,
     /// `/readyz` turns unready when work waits and no reconcile finished for this long.
@@ -259,6 +268,21 @@ struct ServeArgs {
     /// to remove only this store's sandboxes on stop).
     #[arg(long, env = "STORE_ID_FILE")]
     store_id_file: Option<PathBuf>,
+    /// Most `?watch=true` streams open at once (429 beyond).
+    #[arg(long, env = "MAX_WATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_watches: u32,
+    /// Most `?wait=` requests waiting at once (429 beyond).
+    #[arg(long, env = "MAX_WAITS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_waits: u32,
+    /// Most chat turns streaming at once (429 beyond).
+    #[arg(long, env = "MAX_CHATS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_chats: u32,
+    /// A request's headers must arrive within this, or the connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_timeout: Duration,
+    /// Each piece of a request body must arrive within this, or 408.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    body_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -385,7 +409,10 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // Do not wait for blocking work still running (a body being parsed at shutdown).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -641,6 +668,14 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         metrics,
         Some(ctrl.handle()),
         shutdown.clone(),
+        crate::http::Limits {
+            max_watches: a.max_watches as usize,
+            max_waits: a.max_waits as usize,
+            max_chats: a.max_chats as usize,
+            header_read_timeout: a.header_timeout,
+            body_read_timeout: a.body_timeout,
+            shutdown_grace: a.shutdown_grace,
+        },
     );
     let gemini = crate::chat::gemini::Gemini::new(crate::chat::gemini::GeminiConfig::from_env());
     if !gemini.has_api_key() {

@@ -23,7 +23,8 @@ pub struct Metrics {
     pub docker_errors: IntCounter,
     /// Redis errors.
     pub redis_errors: IntCounter,
-    /// HTTP requests by method and status code.
+    /// HTTP requests that passed auth, by method (unknown ones as `OTHER`), matched route
+    /// template (`unmatched` when none) and status code.
     pub http_requests: IntCounterVec,
     /// Background tasks that panicked (and were restarted or counted as failed), by task.
     pub task_panics: IntCounterVec,
@@ -33,6 +34,11 @@ pub struct Metrics {
     pub unreadable_sessions: IntGauge,
     /// Store resets noticed (the store's identity changed under the controller).
     pub store_resets: IntCounter,
+    /// HTTP requests refused for a missing or wrong bearer token (no labels: junk cannot
+    /// create series).
+    pub http_unauthorized: IntCounter,
+    /// Long-lived HTTP streams open now, by kind (`watch`, `wait`, `chat`).
+    pub open_streams: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -78,15 +84,28 @@ impl Metrics {
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "mcpo_http_requests_total",
-                "HTTP requests by method and code.",
+                "HTTP requests by method, route template and code.",
             ),
-            &["method", "code"],
+            &["method", "route", "code"],
+        )
+        .expect("valid metric");
+        let http_unauthorized = IntCounter::new(
+            "mcpo_http_unauthorized_total",
+            "HTTP requests refused for a missing or wrong bearer token.",
+        )
+        .expect("valid");
+        let open_streams = IntGaugeVec::new(
+            Opts::new(
+                "mcpo_http_open_streams",
+                "Long-lived HTTP streams open now, by kind.",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
         let task_panics = IntCounterVec::new(
             Opts::new(
                 "mcpo_task_panics_total",
-                "Background tasks that panicked, by task.",
+                "Supervised background tasks that panicked, by task.",
             ),
             &["task"],
         )
@@ -119,11 +138,16 @@ impl Metrics {
             Box::new(docker_errors.clone()),
             Box::new(redis_errors.clone()),
             Box::new(http_requests.clone()),
+            Box::new(http_unauthorized.clone()),
+            Box::new(open_streams.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
         for r in ["success", "error", "timeout", "panic"] {
             reconciles.with_label_values(&[r]);
+        }
+        for k in ["watch", "wait", "chat"] {
+            open_streams.with_label_values(&[k]);
         }
         Metrics {
             registry,
@@ -139,6 +163,8 @@ impl Metrics {
             foreign_containers,
             unreadable_sessions,
             store_resets,
+            http_unauthorized,
+            open_streams,
         }
     }
 

@@ -307,3 +307,92 @@ async fn rate_limits_errors_and_a_sandbox_killed_mid_conversation() {
     );
     fake.assert_consumed();
 }
+
+/// Issue 9, item 7: one turn per session (409), the chat stream cap (429), a turn cancelled
+/// when its client disconnects (no further model call), and SIGTERM with a chat stream open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turns_are_exclusive_capped_and_cancelled_with_their_client() {
+    let fake = FakeGemini::start(KEY).await;
+    let mut env = Env::new();
+    env.extra_env.push(("GOOGLE_API_KEY".into(), KEY.into()));
+    env.extra_env
+        .push(("GEMINI_BASE_URL".into(), fake.base_url()));
+    env.extra_env
+        .push(("GEMINI_MODEL".into(), "gemini-test".into()));
+    env.extra_env.push(("MAX_CHATS".into(), "1".into()));
+    env.start_orchestrator(&["--stable-after", "1s"]);
+    env.apply_yaml(&session_yaml("solo", &env.image, ""));
+    env.wait_running("solo", T);
+    env.wait_status("solo", T, |s| s["phase"] == "Running");
+    let c = reqwest::Client::new();
+    let url = |n: &str| format!("{}/api/v1/sessions/{n}/chat", env.api());
+
+    // A turn whose first model answer (a tool call) takes 2 s; a second step is scripted but
+    // must never be asked for once the client has gone.
+    fake.push(
+        Step::function_calls(&[("echo", json!({"text": "x"}))]).delayed(Duration::from_secs(2)),
+    );
+    fake.push(Step::stream_text(&["never"]));
+    let first = c
+        .post(url("solo"))
+        .json(&json!({"message": "slow"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    fake.wait_for_requests(1, T).await;
+
+    // Same session: 409 TurnInProgress. Another session beyond MAX_CHATS=1: 429.
+    let r = c
+        .post(url("solo"))
+        .json(&json!({"message": "again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["reason"], "TurnInProgress", "{v}");
+    let r = c
+        .post(url("elsewhere"))
+        .json(&json!({"message": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["reason"], "TooManyRequests", "{v}");
+
+    // The client goes away: the turn stops, the second model call never happens.
+    drop(first);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "no model call after the client left"
+    );
+    assert_eq!(fake.remaining(), 1);
+    assert!(
+        env.log_text().contains("chat turn cancelled"),
+        "the turn was cancelled"
+    );
+    // The session and the slot are free again: the next turn runs (and uses the step left).
+    let events = chat(&env, "solo", "are you there?").await;
+    assert_eq!(of_type(&events, "done")[0]["text"], "never", "{events:?}");
+
+    // SIGTERM with a chat stream open: serve stops within its grace period.
+    fake.push(Step::stream_text(&["late"]).delayed(Duration::from_secs(30)));
+    let open = c
+        .post(url("solo"))
+        .json(&json!({"message": "slow again"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    fake.wait_for_requests(3, T).await;
+    let t0 = std::time::Instant::now();
+    env.stop_orchestrator();
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let rest = tokio::time::timeout(Duration::from_secs(5), open.text()).await;
+    assert!(rest.is_ok(), "the chat stream ends on shutdown");
+}

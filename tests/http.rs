@@ -775,3 +775,257 @@ fn json_logs_are_one_object_per_line_without_secrets() {
     assert!(p["container_id"].as_str().unwrap().len() == 64);
     assert!(!text.contains("do-not-log-me"));
 }
+
+/// Send raw bytes, then read until the server answers or closes; returns (what came back,
+/// how long it took). Gives up after `limit`.
+fn raw_exchange(port: u16, request: &[u8], limit: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let t0 = std::time::Instant::now();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if String::from_utf8_lossy(&buf).contains("\"kind\":\"Status\"") {
+                    break;
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&buf).into_owned(), t0.elapsed())
+}
+
+/// Issue 9, items 7 and 9: stream caps (429 + Retry-After), bounded timeouts, read timeouts,
+/// JSON Status for every error, route-labelled metrics, parsing off the async workers, and a
+/// SIGTERM that stops `serve` with a watch open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_resources_are_bounded() {
+    let mut env = Env::new();
+    env.start_orchestrator(&[
+        "--max-watches",
+        "1",
+        "--max-waits",
+        "1",
+        "--header-timeout",
+        "1s",
+        "--body-timeout",
+        "1s",
+    ]);
+    let c = Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let api = format!("{}/api/v1/sessions", env.api());
+
+    // 1. One watch at most: the second gets 429 with Retry-After; a closed one frees its slot.
+    let mut first = Sse::open(&c, &format!("{api}?watch=true")).await;
+    let r = c.get(format!("{api}?watch=true")).send().await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let v = err_body(r, 429).await;
+    assert_eq!(v["reason"], "TooManyRequests");
+    let r = c.get(format!("{api}/x?watch=true")).send().await.unwrap();
+    err_body(r, 429).await;
+    // It still streams.
+    c.post(&api)
+        .json(&session("seen", "mcp-server:does-not-exist"))
+        .send()
+        .await
+        .unwrap();
+    let (ev, _, obj) = first.next().await;
+    assert_eq!(
+        (ev.as_str(), &obj["metadata"]["name"]),
+        ("ADDED", &json!("seen"))
+    );
+    drop(first);
+    let t0 = std::time::Instant::now();
+    let mut freed = false;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let r = c.get(format!("{api}?watch=true")).send().await.unwrap();
+        if r.status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "a closed watch gives its slot back");
+
+    // 2. One wait at most, and timeouts are bounded (400 before anything is written).
+    for t in ["11m", "99999999999999999999s", "500000000years"] {
+        let r = c
+            .put(format!("{api}/bounded?wait=Running&timeout={t}"))
+            .json(&session("bounded", &env.image))
+            .send()
+            .await
+            .unwrap();
+        err_body(r, 400).await;
+    }
+    let r = c.get(format!("{api}/bounded")).send().await.unwrap();
+    err_body(r, 404).await;
+    let waiting = {
+        let (c, api) = (c.clone(), api.clone());
+        tokio::spawn(async move {
+            c.put(format!("{api}/stuck?wait=Running&timeout=3s"))
+                .json(&session("stuck", "mcp-server:does-not-exist"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = c
+        .put(format!("{api}/other?wait=Running&timeout=3s"))
+        .json(&session("other", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    err_body(r, 429).await;
+    let r = c.get(format!("{api}/other")).send().await.unwrap();
+    err_body(r, 404).await; // a refused wait wrote nothing
+    assert_eq!(waiting.await.unwrap(), 504);
+
+    // 3. Every error body is a JSON Status.
+    let r = c
+        .put(format!("{api}/%FF"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    err_body(r, 400).await;
+    let r = c.get(format!("{api}?watch=maybe")).send().await.unwrap();
+    err_body(r, 400).await;
+    let r = c.delete(&api).send().await.unwrap();
+    err_body(r, 405).await;
+    let r = c
+        .get(format!("{}/nothing/here", env.api()))
+        .send()
+        .await
+        .unwrap();
+    err_body(r, 404).await;
+    let r = c
+        .post(&api)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    assert!(code == 400 || code == 422, "{code}");
+    err_body(r, code).await;
+    let r = c
+        .request(reqwest::Method::from_bytes(b"BREW").unwrap(), &api)
+        .send()
+        .await
+        .unwrap();
+    err_body(r, 405).await;
+
+    // 4. Read timeouts: a body shorter than its Content-Length gets 408 (JSON) after the body
+    // timeout; headers that never end close the connection after the header timeout.
+    let (answer, took) = raw_exchange(
+        env.port,
+        b"POST /api/v1/sessions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":",
+        Duration::from_secs(10),
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"reason\":\"Timeout\""), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (answer, took) = raw_exchange(
+        env.port,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(
+        took < Duration::from_secs(5),
+        "closed after the header timeout: {took:?}"
+    );
+
+    // 5. Parsing runs off the async workers: /healthz answers fast while two large nested
+    // bodies are parsed.
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let parses: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, api, deep) = (c.clone(), api.clone(), deep.clone());
+            tokio::spawn(async move {
+                c.post(&api)
+                    .header("content-type", "application/yaml")
+                    .body(deep)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let r = c
+            .get(format!("{}/healthz", env.api()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        slowest = slowest.max(t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "healthz took {slowest:?}"
+    );
+    for p in parses {
+        let code = tokio::time::timeout(Duration::from_secs(30), p)
+            .await
+            .expect("the deep bodies are answered")
+            .unwrap()
+            .unwrap();
+        assert!((400..500).contains(&code), "{code}");
+    }
+
+    // 6. Metrics: labelled by route template, unknown methods and routes lumped together.
+    let text = c
+        .get(format!("{}/metrics", env.api()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("route=\"/api/v1/sessions/{name}\""), "{text}");
+    assert!(text.contains("method=\"OTHER\""), "{text}");
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+    assert!(!text.contains("/nothing/here"), "{text}");
+    assert!(!text.contains("BREW"), "{text}");
+    assert!(
+        text.contains("mcpo_http_open_streams{kind=\"watch\"}"),
+        "{text}"
+    );
+
+    // 7. SIGTERM stops serve with a watch stream open (stop_orchestrator allows 10 s).
+    let t0 = std::time::Instant::now();
+    let mut open = loop {
+        let r = c.get(format!("{api}?watch=true")).send().await.unwrap();
+        if r.status() == 200 {
+            break Sse {
+                stream: r.bytes_stream().boxed(),
+                buf: String::new(),
+            };
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "a watch slot is free again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (ev, _, _) = open.next().await;
+    assert_eq!(ev, "ADDED");
+    let t0 = std::time::Instant::now();
+    env.stop_orchestrator();
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}

@@ -8,7 +8,12 @@
 //! - the container was created with `OpenStdin` and without `StdinOnce`, so detaching leaves
 //!   its stdin open and the server waits for the next client's `initialize`;
 //! - one live connection per running session, keyed by container id: a replaced container or
-//!   a dead transport gets a fresh connection on next use.
+//!   a dead transport gets a fresh connection on next use;
+//! - each container has its own slot and lock: the pool's map lock is held only for the
+//!   lookup, attach + initialize run under the container's lock with a timeout, so a stuck
+//!   sandbox delays only its own session; a timed-out attempt is dropped (its attach stream
+//!   closed, its pump aborted) before the lock is released, and a connection is closed before
+//!   it is replaced — never two live attaches to one container.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use rmcp::model::{
 use rmcp::service::{RoleClient, RunningService};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
 use crate::runtime::Runtime;
@@ -70,14 +76,8 @@ type Client = RunningService<RoleClient, ClientConfig>;
 pub struct McpConn {
     container_id: String,
     client: Client,
-    pump: tokio::task::JoinHandle<()>,
+    pump: AbortOnDropHandle<()>,
     timeout: Duration,
-}
-
-impl Drop for McpConn {
-    fn drop(&mut self) {
-        self.pump.abort();
-    }
 }
 
 fn classify(what: &str, e: rmcp::ServiceError) -> McpError {
@@ -99,6 +99,13 @@ impl McpConn {
     /// Is the transport still open?
     pub fn is_alive(&self) -> bool {
         !self.client.is_closed() && !self.pump.is_finished()
+    }
+
+    /// Close the connection now, even while others still hold it: the MCP service is
+    /// cancelled (its stdin half dropped) and the stdout pump aborted (the attach closed).
+    pub fn close(&self) {
+        self.client.cancellation_token().cancel();
+        self.pump.abort();
     }
 
     /// Every tool the server offers.
@@ -156,8 +163,9 @@ pub async fn connect(
         })?;
     let mut output = attached.output;
     let (reader, mut feed) = tokio::io::duplex(256 * 1024);
-    let short = container_id[..container_id.len().min(12)].to_string();
-    let pump = tokio::spawn(async move {
+    let short = container_id.chars().take(12).collect::<String>();
+    // Aborted when dropped: if this future is dropped (a timeout), the pump goes with it.
+    let pump = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(frame) = output.next().await {
             match frame {
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
@@ -179,23 +187,19 @@ pub async fn connect(
             }
         }
         // Dropping `feed` gives the client EOF: the transport closes.
-    });
+    }));
     let config = ClientConfig::new(
         ClientCapabilities::default(),
         Implementation::new("mcp-orchestrator", env!("CARGO_PKG_VERSION")),
     );
     let client = match tokio::time::timeout(timeout, config.serve((reader, attached.input))).await {
         Err(_) => {
-            pump.abort();
             return Err(McpError::Timeout {
                 what: "initialize".into(),
                 secs: timeout.as_secs(),
             });
         }
-        Ok(Err(e)) => {
-            pump.abort();
-            return Err(McpError::Handshake(e.to_string()));
-        }
+        Ok(Err(e)) => return Err(McpError::Handshake(e.to_string())),
         Ok(Ok(c)) => c,
     };
     info!(container_id = %container_id, "MCP session attached");
@@ -207,11 +211,34 @@ pub async fn connect(
     })
 }
 
+/// The connection slot of one container; its lock serialises attaches to that container.
+type Slot = Arc<Mutex<Option<Arc<McpConn>>>>;
+
 /// One live connection per running session.
 pub struct McpPool {
     runtime: Runtime,
     timeout: Duration,
-    conns: Mutex<HashMap<String, Arc<McpConn>>>,
+    /// session → (its container id, that container's slot). Locked only for lookups.
+    slots: std::sync::Mutex<HashMap<String, (String, Slot)>>,
+}
+
+/// Close whatever connection `slot` holds, without waiting for an attach in progress on it
+/// (that one is bounded by the pool's timeout; it closes once it gets the lock).
+fn close_slot(slot: Slot) {
+    match slot.clone().try_lock_owned() {
+        Ok(mut g) => {
+            if let Some(c) = g.take() {
+                c.close();
+            }
+        }
+        Err(_) => {
+            tokio::spawn(async move {
+                if let Some(c) = slot.lock().await.take() {
+                    c.close();
+                }
+            });
+        }
+    }
 }
 
 impl McpPool {
@@ -220,27 +247,77 @@ impl McpPool {
         McpPool {
             runtime,
             timeout,
-            conns: Mutex::new(HashMap::new()),
+            slots: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The slot of `session`'s `container_id`; a slot of a previous container of the
+    /// session is closed.
+    fn slot(&self, session: &str, container_id: &str) -> Slot {
+        let (slot, stale) = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.get(session) {
+                Some((c, s)) if c == container_id => (s.clone(), None),
+                _ => {
+                    let s = Slot::default();
+                    let old =
+                        slots.insert(session.to_string(), (container_id.to_string(), s.clone()));
+                    (s, old.map(|(_, s)| s))
+                }
+            }
+        };
+        if let Some(old) = stale {
+            close_slot(old);
+        }
+        slot
     }
 
     /// The live connection to `session`'s `container_id`, attaching when there is none, when
-    /// the container changed, or when the old transport died.
+    /// the container changed, or when the old transport died. Only this container's lock is
+    /// held while attaching, at most the pool's timeout.
     pub async fn get(&self, session: &str, container_id: &str) -> Result<Arc<McpConn>, McpError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(session) {
-            if c.container_id == container_id && c.is_alive() {
+        let slot = self.slot(session, container_id);
+        let secs = self.timeout.as_secs();
+        let mut conn = tokio::time::timeout(self.timeout, slot.lock())
+            .await
+            .map_err(|_| McpError::Timeout {
+                what: "another attach to the same sandbox".into(),
+                secs,
+            })?;
+        if let Some(c) = conn.as_ref() {
+            if c.is_alive() {
                 return Ok(c.clone());
             }
-            conns.remove(session);
+            c.close();
+            *conn = None;
         }
-        let conn = Arc::new(connect(&self.runtime, container_id, self.timeout).await?);
-        conns.insert(session.to_string(), conn.clone());
-        Ok(conn)
+        // On timeout the whole attempt is dropped here, under the lock: its attach stream
+        // closes and its pump is aborted before anyone can retry.
+        let fresh = tokio::time::timeout(
+            self.timeout,
+            connect(&self.runtime, container_id, self.timeout),
+        )
+        .await
+        .map_err(|_| McpError::Timeout {
+            what: "attach and initialize".into(),
+            secs,
+        })??;
+        let fresh = Arc::new(fresh);
+        *conn = Some(fresh.clone());
+        Ok(fresh)
     }
 
-    /// Drop the connection of `session` (after an error, or when it is deleted).
+    /// Close the connection of `session` (after an error, or when it is deleted); the next
+    /// use attaches again.
     pub async fn forget(&self, session: &str) {
-        self.conns.lock().await.remove(session);
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(session)
+            .map(|(_, s)| s.clone());
+        if let Some(slot) = slot {
+            close_slot(slot);
+        }
     }
 }

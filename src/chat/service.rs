@@ -11,13 +11,15 @@
 //! is sent back to Gemini, a trailing unfinished exchange (a model turn whose calls were not
 //! answered, or responses without the model's reply) is left out.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::gemini::{
@@ -44,6 +46,9 @@ pub enum ChatError {
         /// Its phase.
         phase: Phase,
     },
+    /// Another turn of this session is still running (turns never interleave).
+    #[error("session {0:?} already has a chat turn in progress; retry when it is done")]
+    Busy(String),
     /// GOOGLE_API_KEY is not set.
     #[error("GOOGLE_API_KEY is not set: the chat module cannot call Gemini")]
     NoApiKey,
@@ -141,6 +146,22 @@ pub struct ChatService {
     gemini: Gemini,
     history: History,
     config: ChatConfig,
+    busy: Arc<Mutex<HashSet<String>>>,
+}
+
+/// The right to run the one chat turn of a session; released when dropped.
+pub struct TurnGuard {
+    busy: Arc<Mutex<HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
 }
 
 impl ChatService {
@@ -158,7 +179,21 @@ impl ChatService {
             gemini,
             history,
             config,
+            busy: Arc::default(),
         }
+    }
+
+    /// Claim the session's turn: one turn per session at a time, so two turns never
+    /// interleave its history. `Busy` while another turn holds it.
+    pub fn begin_turn(&self, name: &str) -> Result<TurnGuard, ChatError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(name.to_string()) {
+            return Err(ChatError::Busy(name.to_string()));
+        }
+        Ok(TurnGuard {
+            busy: self.busy.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// The history repository.
@@ -213,10 +248,26 @@ impl ChatService {
         })
     }
 
-    /// Run one turn, sending events to `tx`. Ends with `Done` or `Error`.
-    pub async fn run(&self, p: Prepared, message: String, tx: mpsc::Sender<ChatEvent>) {
+    /// Run one turn, sending events to `tx`. Ends with `Done` or `Error`, or silently when
+    /// `cancel` fires (the client went away or the server is stopping): the model call or
+    /// tool calls in flight are dropped and no further step starts.
+    pub async fn run(
+        &self,
+        p: Prepared,
+        message: String,
+        tx: mpsc::Sender<ChatEvent>,
+        cancel: CancellationToken,
+    ) {
         let name = p.session.metadata.name.clone();
-        if let Err(e) = self.turn(&p, message, &tx).await {
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                info!(session = %name, "chat turn cancelled: the client went away or the server is stopping");
+                return;
+            }
+            r = self.turn(&p, message, &tx) => r,
+        };
+        if let Err(e) = outcome {
             let (reason, message) = match &e {
                 TurnError::Gemini(g) if g.is_key_error() => ("GeminiKeyRejected", e.to_string()),
                 TurnError::Gemini(_) => ("GeminiError", e.to_string()),

@@ -19,8 +19,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
+use super::limits::{StreamKind, supervised};
 use super::{ApiError, AppState, Status};
-use crate::chat::service::{ChatError, ChatService};
+use crate::chat::service::{ChatError, ChatEvent, ChatService};
 use crate::store::StoreError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -49,6 +50,9 @@ impl From<ChatError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "NotRunning", msg)
                     .with_details(json!({"name": name, "phase": phase}))
             }
+            ChatError::Busy(name) => ApiError::new(StatusCode::CONFLICT, "TurnInProgress", msg)
+                .with_details(json!({"name": name}))
+                .with_retry_after(1),
             ChatError::NoApiKey => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "GeminiNotConfigured", msg)
             }
@@ -71,16 +75,19 @@ fn service(st: &AppState) -> Result<std::sync::Arc<ChatService>, ApiError> {
 }
 
 /// Send a message; the answer streams back as Server-Sent Events `text`, `tool_call`,
-/// `tool_result`, `done` and `error`. A missing or not-running session is answered at once.
+/// `tool_result`, `done` and `error`. A missing or not-running session is answered at once;
+/// a second turn while one runs on the same session gets 409 `TurnInProgress`; beyond the
+/// chat stream cap, 429. The turn is cancelled when the client disconnects.
 #[utoipa::path(post, path = "/api/v1/sessions/{name}/chat", tag = "chat",
     params(("name" = String, Path, description = "Session name")),
     request_body(content = ChatRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "SSE stream of text, tool_call, tool_result, done, error"),
         (status = 404, description = "No such session", body = Status),
-        (status = 409, description = "The session is not running", body = Status),
+        (status = 409, description = "The session is not running, or a turn is in progress on it", body = Status),
         (status = 415, description = "Not JSON", body = Status),
         (status = 422, description = "No message", body = Status),
+        (status = 429, description = "Too many chat streams open", body = Status),
         (status = 503, description = "Gemini key missing or sandbox unreachable", body = Status)))]
 pub(super) async fn chat(
     State(st): State<AppState>,
@@ -93,13 +100,16 @@ pub(super) async fn chat(
     if ct != "application/json" {
         return Err(super::sessions::unsupported(&ct, "application/json"));
     }
-    let req: ChatRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("body: {e}"),
-        )
-    })?;
+    let req: ChatRequest = super::sessions::off_workers(move || {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("body: {e}"),
+            )
+        })
+    })
+    .await?;
     if req.message.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,10 +118,28 @@ pub(super) async fn chat(
         ));
     }
     let svc = service(&st)?;
+    let turn = svc.begin_turn(&name)?;
+    let permit = st.inner.streams.acquire(StreamKind::Chat)?;
     let prepared = svc.prepare(&name).await?;
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move { svc.run(prepared, req.message, tx).await });
-    let events = ReceiverStream::new(rx).map(|e| {
+    // Cancelled when the response body is dropped (the client went away) or on shutdown.
+    let cancel = st.inner.shutdown.child_token();
+    let on_drop = cancel.clone().drop_guard();
+    let metrics = st.inner.metrics.clone();
+    tokio::spawn(async move {
+        let (_permit, _turn) = (permit, turn);
+        let run = svc.run(prepared, req.message, tx.clone(), cancel);
+        if !supervised(&metrics, "chat_turn", run).await {
+            let _ = tx
+                .send(ChatEvent::Error {
+                    reason: "InternalError".into(),
+                    message: "the chat turn failed unexpectedly".into(),
+                })
+                .await;
+        }
+    });
+    let events = ReceiverStream::new(rx).map(move |e| {
+        let _alive = &on_drop;
         Ok::<_, Infallible>(
             Event::default()
                 .event(e.name())

@@ -40,6 +40,7 @@ pub struct ApiError {
     reason: String,
     message: String,
     details: Value,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -50,7 +51,20 @@ impl ApiError {
             reason: reason.into(),
             message: message.into(),
             details: json!({}),
+            retry_after: None,
         }
+    }
+
+    /// A failure with this code, a reason derived from it, and this message (for errors
+    /// that did not come from our own handlers: extractor rejections, layers).
+    pub fn from_status(code: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError::new(code, reason_for(code), message)
+    }
+
+    /// Ask the client to retry after this many seconds (`Retry-After`).
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Attach details.
@@ -76,7 +90,39 @@ impl IntoResponse for ApiError {
             message: self.message,
             details: self.details,
         };
-        (self.code, Json(body)).into_response()
+        let mut r = (self.code, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
+    }
+}
+
+/// The Status `reason` for a code when no handler chose one.
+pub fn reason_for(code: StatusCode) -> &'static str {
+    match code.as_u16() {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
+        408 => "Timeout",
+        409 => "Conflict",
+        410 => "Expired",
+        411 => "LengthRequired",
+        413 => "RequestEntityTooLarge",
+        414 => "RequestURITooLong",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        431 => "RequestHeaderFieldsTooLarge",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        c if c >= 500 => "InternalError",
+        _ => "BadRequest",
     }
 }
 

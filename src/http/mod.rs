@@ -7,6 +7,7 @@
 
 mod chat;
 mod error;
+mod limits;
 mod openapi;
 mod sessions;
 
@@ -14,15 +15,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tracing::{debug, warn};
 
 pub use error::{ApiError, Status};
+pub use limits::{Limits, MAX_REQUEST_TIMEOUT};
 pub use openapi::openapi_json;
 
 use crate::contract::Policy;
@@ -49,6 +57,7 @@ struct Inner {
     controller: Option<Handle>,
     shutdown: CancellationToken,
     chat: std::sync::OnceLock<Arc<crate::chat::service::ChatService>>,
+    streams: limits::Streams,
 }
 
 impl AppState {
@@ -58,7 +67,9 @@ impl AppState {
         self
     }
 
-    /// State for a server over this store and engine. `token` enables bearer auth.
+    /// State for a server over this store and engine. `token` enables bearer auth; `limits`
+    /// caps streams and bounds timeouts; `shutdown` ends every stream.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         runtime: Runtime,
@@ -67,6 +78,7 @@ impl AppState {
         metrics: Metrics,
         controller: Option<Handle>,
         shutdown: CancellationToken,
+        limits: Limits,
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
@@ -74,6 +86,7 @@ impl AppState {
                 runtime,
                 policy,
                 token: token.filter(|t| !t.is_empty()),
+                streams: limits::Streams::new(limits, metrics.clone()),
                 metrics,
                 controller,
                 shutdown,
@@ -124,7 +137,12 @@ pub fn listen_addr(
 }
 
 /// The router with every route and middleware.
+///
+/// Layers, outermost first: the body read timeout (408), every error body turned into a
+/// JSON Status, request counting (labelled by route template, after auth), the body size
+/// limit (413), then per route the bearer auth of `/api` and `/metrics`.
 pub fn router(state: AppState) -> Router {
+    let body_timeout = state.inner.streams.limits().body_read_timeout;
     let api = sessions::routes()
         .merge(chat::routes())
         .route("/metrics", get(metrics))
@@ -138,23 +156,74 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(middleware::from_fn(json_errors))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until `shutdown`.
+/// Serve `router(state)` on `listener` until `shutdown`, then wait at most the grace period
+/// of [`Limits`] for open connections (streams end on `shutdown` by themselves).
+///
+/// The accept loop is hyper-util's, so that a request's headers must arrive within the
+/// header read timeout (the connection is closed otherwise); bodies are bounded by the
+/// router's body read timeout.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
-    let addr = listener
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let limits = state.inner.streams.limits().clone();
+    let app = router(state);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Per-connection errors (reset before accept) and EMFILE alike: back off a
+                // little instead of spinning or giving up.
+                warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
-        .map_err(|source| HttpError::Io { addr, source })
+        .is_err()
+    {
+        warn!(
+            grace = %humantime::format_duration(limits.shutdown_grace),
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
+    Ok(())
 }
+
+/// Marks a response the auth layer refused, so that it is not counted by route.
+#[derive(Clone, Copy)]
+struct Unauthenticated;
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.inner.token {
@@ -176,21 +245,91 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+            r.extensions_mut().insert(Unauthenticated);
             return r;
         }
     }
     next.run(req).await
 }
 
+/// The method as a metric label: the standard ones by name, anything else `OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Count requests by method, route template (`unmatched` when no route matched) and code.
+/// Requests the auth layer refused only count in `mcpo_http_unauthorized_total`, so junk
+/// from unauthenticated clients creates no series.
 async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let resp = next.run(req).await;
-    st.inner
-        .metrics
-        .http_requests
-        .with_label_values(&[&method, resp.status().as_str()])
-        .inc();
+    if resp.extensions().get::<Unauthenticated>().is_some() {
+        st.inner.metrics.http_unauthorized.inc();
+    } else {
+        st.inner
+            .metrics
+            .http_requests
+            .with_label_values(&[method, &route, resp.status().as_str()])
+            .inc();
+    }
     resp
+}
+
+/// Every 4xx/5xx body is a JSON Status: an error response that is not JSON (an extractor
+/// rejection such as a bad percent-encoding in the path, a layer's answer) is rewritten,
+/// its text kept as the message and its headers (Allow, Retry-After...) kept.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let code = resp.status();
+    if !(code.is_client_error() || code.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let text: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let message = if text.is_empty() {
+        code.canonical_reason()
+            .unwrap_or("request failed")
+            .to_string()
+    } else {
+        text
+    };
+    let mut r = ApiError::from_status(code, message).into_response();
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            r.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    r
 }
 
 async fn not_found() -> ApiError {

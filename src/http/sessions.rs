@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 
+use super::limits::{StreamKind, StreamPermit, request_duration, supervised};
 use super::{ApiError, AppState, Status};
 use crate::ops::{self, Applied, PatchRequest, PatchType};
 use crate::parse;
@@ -74,7 +75,7 @@ pub struct ReadQuery {
 pub struct WriteQuery {
     /// `Running`: answer once the session's sandbox runs (or it failed for good).
     pub wait: Option<String>,
-    /// How long `wait` waits, e.g. `30s` (default 60s).
+    /// How long `wait` waits, e.g. `30s` (default 60s, at most 10m).
     pub timeout: Option<String>,
     /// `All`: validate and report, write nothing.
     pub dry_run: Option<String>,
@@ -87,7 +88,13 @@ fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError>
 
 pub(super) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     b.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if is_body_timeout(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timeout",
+                "the request body did not arrive in time",
+            )
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
@@ -97,6 +104,35 @@ pub(super) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> 
             ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text())
         }
     })
+}
+
+/// Did reading the body fail because the body read timeout fired?
+fn is_body_timeout(e: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Run a CPU-bound parse on the blocking pool, off the async workers; a failed (panicked)
+/// parse is a 500 Status, never a crash.
+pub(super) async fn off_workers<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "parsing a request body failed unexpectedly");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "parsing the body failed unexpectedly",
+        )
+    })?
 }
 
 pub(super) fn content_type(headers: &HeaderMap) -> String {
@@ -117,8 +153,8 @@ pub(super) fn unsupported(got: &str, want: &str) -> ApiError {
     )
 }
 
-/// Parse a POST/PUT body (JSON or YAML) holding exactly one Session.
-fn session_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Session, ApiError> {
+/// Parse a POST/PUT body (JSON or YAML) holding exactly one Session, on the blocking pool.
+async fn session_body(headers: &HeaderMap, bytes: Bytes) -> Result<Session, ApiError> {
     let ct = content_type(headers);
     if !matches!(
         ct.as_str(),
@@ -126,6 +162,10 @@ fn session_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Session, ApiError>
     ) {
         return Err(unsupported(&ct, "application/json or application/yaml"));
     }
+    off_workers(move || parse_session(&bytes)).await
+}
+
+fn parse_session(bytes: &Bytes) -> Result<Session, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -230,13 +270,22 @@ fn sse_event(kind: EventType, rv: u64, obj: &Session) -> Event {
         .data(serde_json::to_string(obj).unwrap_or_default())
 }
 
+fn error_event(code: u16, message: &str) -> Event {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "message": message, "details": {}});
+    Event::default().event("ERROR").data(body.to_string())
+}
+
 /// Stream changes as SSE. Without a resume point the current objects come first as ADDED.
+/// Each watch holds a slot of the watch cap (and its own Redis connection) until the client
+/// goes away or the server shuts down; the task behind it is supervised: a panic ends the
+/// stream with an `ERROR` event and is counted (`mcpo_task_panics_total{task="http_watch"}`).
 async fn watch(
     st: AppState,
     name: Option<String>,
     sel: Selector,
     from: Option<u64>,
 ) -> Result<Response, ApiError> {
+    let permit = st.inner.streams.acquire(StreamKind::Watch)?;
     let store = st.inner.store.clone();
     let (initial, start) = match from {
         Some(rv) => (Vec::new(), rv),
@@ -251,7 +300,9 @@ async fn watch(
     let wanted = move |n: &str, s: &Session| {
         name.as_deref().is_none_or(|x| x == n) && sel.matches(&s.metadata.labels)
     };
-    tokio::spawn(async move {
+    let metrics = st.inner.metrics.clone();
+    let on_panic = tx.clone();
+    let task = async move {
         for s in &initial {
             let rv = s
                 .metadata
@@ -294,13 +345,18 @@ async fn watch(
                     } else {
                         503
                     };
-                    let body = json!({"kind": "Status", "status": "Failure", "code": code, "message": e.to_string(), "details": {}});
-                    let _ = tx
-                        .send(Ok(Event::default().event("ERROR").data(body.to_string())))
-                        .await;
+                    let _ = tx.send(Ok(error_event(code, &e.to_string()))).await;
                     return;
                 }
             }
+        }
+    };
+    tokio::spawn(async move {
+        let _permit = permit;
+        if !supervised(&metrics, "http_watch", task).await {
+            let _ = on_panic
+                .send(Ok(error_event(500, "the watch failed unexpectedly")))
+                .await;
         }
     });
     Ok(Sse::new(ReceiverStream::new(rx))
@@ -326,10 +382,11 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let bytes = body(b)?;
-    let desired = session_body(&headers, &bytes)?;
     let dry_run = q.dry_run.is_some();
+    let wait = wait_plan(&st, &q, dry_run)?;
+    let desired = session_body(&headers, bytes).await?;
     let created = ops::create(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
-    let created = maybe_wait(&st, &q, created, dry_run).await?;
+    let created = maybe_wait(&st, wait, created).await?;
     Ok(with_rv(
         (StatusCode::CREATED, Json(&created)).into_response(),
         &created,
@@ -380,7 +437,9 @@ pub(super) async fn replace(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let bytes = body(b)?;
-    let mut desired = session_body(&headers, &bytes)?;
+    let dry_run = q.dry_run.is_some();
+    let wait = wait_plan(&st, &q, dry_run)?;
+    let mut desired = session_body(&headers, bytes).await?;
     if desired.metadata.name != name {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -395,10 +454,9 @@ pub(super) async fn replace(
     if let Some(rv) = if_match(&headers) {
         desired.metadata.resource_version = Some(rv);
     }
-    let dry_run = q.dry_run.is_some();
     let (what, s) =
         ops::apply(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
-    let s = maybe_wait(&st, &q, s, dry_run).await?;
+    let s = maybe_wait(&st, wait, s).await?;
     let code = if what == Applied::Created {
         StatusCode::CREATED
     } else {
@@ -435,6 +493,8 @@ pub(super) async fn patch(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let bytes = body(b)?;
+    let dry_run = q.dry_run.is_some();
+    let wait = wait_plan(&st, &q, dry_run)?;
     let ct = content_type(&headers);
     let kind = match ct.as_str() {
         "application/merge-patch+json" => PatchType::Merge,
@@ -446,15 +506,17 @@ pub(super) async fn patch(
             ));
         }
     };
-    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("the patch is not JSON: {e}"),
-        )
-    })?;
+    let doc: Value = off_workers(move || {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("the patch is not JSON: {e}"),
+            )
+        })
+    })
+    .await?;
     let precondition = if_match(&headers);
-    let dry_run = q.dry_run.is_some();
     let req = PatchRequest {
         name: &name,
         kind,
@@ -463,7 +525,7 @@ pub(super) async fn patch(
         dry_run,
     };
     let (_, s) = ops::patch(&st.inner.store, &st.inner.policy, SOURCE, &req).await?;
-    let s = maybe_wait(&st, &q, s, dry_run).await?;
+    let s = maybe_wait(&st, wait, s).await?;
     Ok(with_rv(Json(&s).into_response(), &s))
 }
 
@@ -541,16 +603,22 @@ fn is_terminal(s: &Session) -> bool {
         && s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
 }
 
-/// With `?wait=Running`, wait (event-driven) until the session runs at its generation or
-/// failed for good; 504 after the timeout.
-async fn maybe_wait(
-    st: &AppState,
-    q: &WriteQuery,
-    s: Session,
-    dry_run: bool,
-) -> Result<Session, ApiError> {
+/// What `?wait=` asked for, checked before anything is written: the timeout (bounded) and
+/// a slot of the wait cap.
+pub(super) struct WaitPlan {
+    timeout: Duration,
+    _permit: StreamPermit,
+}
+
+/// Validate `?wait=` and `?timeout=` and take a wait slot (429 when the cap is reached),
+/// before the write, so that a refused wait writes nothing.
+fn wait_plan(st: &AppState, q: &WriteQuery, dry_run: bool) -> Result<Option<WaitPlan>, ApiError> {
+    let timeout = match q.timeout.as_deref() {
+        None => Duration::from_secs(60),
+        Some(t) => request_duration("timeout", t)?,
+    };
     let Some(want) = q.wait.as_deref() else {
-        return Ok(s);
+        return Ok(None);
     };
     if !want.eq_ignore_ascii_case("running") {
         return Err(ApiError::new(
@@ -560,18 +628,26 @@ async fn maybe_wait(
         ));
     }
     if dry_run {
-        return Ok(s);
+        return Ok(None);
     }
-    let timeout = match q.timeout.as_deref() {
-        None => Duration::from_secs(60),
-        Some(t) => humantime::parse_duration(t).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("timeout={t:?}: {e}"),
-            )
-        })?,
+    let permit = st.inner.streams.acquire(StreamKind::Wait)?;
+    Ok(Some(WaitPlan {
+        timeout,
+        _permit: permit,
+    }))
+}
+
+/// With `?wait=Running`, wait (event-driven) until the session runs at its generation or
+/// failed for good; 504 after the timeout, 503 when the server shuts down.
+async fn maybe_wait(
+    st: &AppState,
+    plan: Option<WaitPlan>,
+    s: Session,
+) -> Result<Session, ApiError> {
+    let Some(plan) = plan else {
+        return Ok(s);
     };
+    let timeout = plan.timeout;
     let store = &st.inner.store;
     let name = s.name().to_string();
     let revision = store.revision().await?;
@@ -580,7 +656,16 @@ async fn maybe_wait(
         return Ok(current);
     }
     let mut watch = store.watch(revision).await?;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let now = tokio::time::Instant::now();
+    // `request_duration` bounds the timeout; checked anyway, never an Instant overflow.
+    let deadline = now.checked_add(timeout).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "timeout is too large",
+        )
+    })?;
+    let shutdown = st.inner.shutdown.clone();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
@@ -595,7 +680,18 @@ async fn maybe_wait(
             )
             .with_details(json!({"name": name, "object": current})));
         }
-        for ev in watch.next_batch(left.min(Duration::from_secs(5))).await? {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ShuttingDown",
+                    "the server is shutting down",
+                )
+                .with_retry_after(1));
+            }
+            b = watch.next_batch(left.min(Duration::from_secs(5))) => b?,
+        };
+        for ev in batch {
             if ev.name != name {
                 continue;
             }
