@@ -363,10 +363,10 @@ impl PrivateEngine {
         for m in self.mounts() {
             problems.push(format!("still mounted: {m}"));
         }
-        if problems.is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                problems.push(format!("cannot remove {}: {e}", self.dir.display()));
-            }
+        if problems.is_empty()
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            problems.push(format!("cannot remove {}: {e}", self.dir.display()));
         }
         problems
     }
