@@ -1,8 +1,10 @@
 //! Shared harness for the integration tests: a real redis-server per test, the real Docker
-//! engine, the real `mcp-orchestrator` binary. Nothing is mocked. Missing Redis or Docker
-//! fails the test loudly; everything a test starts is labelled and removed on drop.
+//! engine (the machine's, or a private one a test starts: `engine::PrivateEngine`), the real
+//! `mcp-orchestrator` binary. Nothing is mocked. Missing Redis or Docker fails the test
+//! loudly; everything a test starts is labelled and removed on drop.
 #![allow(dead_code)]
 
+pub mod engine;
 pub mod gemini;
 
 use std::io::Write;
@@ -25,7 +27,8 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn docker_bin() -> &'static str {
+/// The docker client: Debian's `/usr/bin/docker` (it matches the engine's API) when present.
+pub fn docker_bin() -> &'static str {
     if Path::new("/usr/bin/docker").exists() {
         "/usr/bin/docker"
     } else {
@@ -33,9 +36,19 @@ fn docker_bin() -> &'static str {
     }
 }
 
-/// Run `docker ARGS`, panicking with its stderr on failure.
+/// Run `docker ARGS` against the machine's engine, panicking with its stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new(docker_bin())
+    docker_on(None, args)
+}
+
+/// Run `docker ARGS` against `host` (`unix://…`; None: the machine's engine), panicking with
+/// its stderr on failure.
+pub fn docker_on(host: Option<&str>, args: &[&str]) -> String {
+    let mut c = Command::new(docker_bin());
+    if let Some(h) = host {
+        c.args(["-H", h]);
+    }
+    let out = c
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run docker: {e}. Docker is required for these tests."));
@@ -172,6 +185,9 @@ pub struct Env {
     pub log: PathBuf,
     pub dir: tempfile::TempDir,
     pub extra_env: Vec<(String, String)>,
+    /// The engine `serve`, the CLI and this harness's docker calls use (`DOCKER_HOST`, e.g. a
+    /// [`engine::PrivateEngine`]'s); None: the machine's engine.
+    pub docker_host: Option<String>,
     /// The HTTP port `serve` listens on (loopback, unless a test changes LISTEN_ADDR).
     pub port: u16,
 }
@@ -191,6 +207,7 @@ impl Env {
             orchestrator: None,
             dir,
             extra_env: Vec::new(),
+            docker_host: None,
             port: free_port(),
         }
     }
@@ -216,6 +233,9 @@ impl Env {
             .env("LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG");
+        if let Some(h) = &self.docker_host {
+            c.env("DOCKER_HOST", h);
+        }
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }
@@ -358,7 +378,13 @@ impl Env {
             .expect("connect to the test redis")
     }
 
-    /// A Docker client scoped to this environment's instance.
+    /// `docker ARGS` against this environment's engine.
+    pub fn docker(&self, args: &[&str]) -> String {
+        docker_on(self.docker_host.as_deref(), args)
+    }
+
+    /// A Docker client scoped to this environment's instance (the machine's engine, or
+    /// whatever this process's DOCKER_HOST says; not `docker_host`).
     pub async fn runtime(&self) -> Runtime {
         Runtime::connect(&self.instance)
             .await
@@ -367,7 +393,7 @@ impl Env {
 
     /// Ids of this instance's containers for `session` as `(id, state)`, via the docker CLI.
     pub fn containers(&self, session: &str) -> Vec<(String, String)> {
-        let out = docker(&[
+        let out = self.docker(&[
             "ps",
             "-a",
             "--no-trunc",
@@ -460,7 +486,12 @@ impl Env {
             format!("label=orchestrator.mcp.dev/instance={}", self.instance),
             format!("label={TEST_LABEL}={}", self.instance),
         ] {
+            let host: &[&str] = match &self.docker_host {
+                Some(h) => &["-H", h],
+                None => &[],
+            };
             let ids = Command::new(docker_bin())
+                .args(host)
                 .args(["ps", "-aq", "--filter", &label])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
@@ -468,6 +499,7 @@ impl Env {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
                 let _ = Command::new(docker_bin())
+                    .args(host)
                     .args(["rm", "-f"])
                     .args(&ids)
                     .output();
@@ -482,7 +514,7 @@ pub fn assert_converged(env: &Env, names: &[String]) {
         env.wait_running(n, Duration::from_secs(60));
         env.wait_status(n, Duration::from_secs(60), |s| s["phase"] == "Running");
     }
-    let all = docker(&[
+    let all = env.docker(&[
         "ps",
         "-a",
         "--filter",
