@@ -260,18 +260,46 @@ fn an_unreadable_stored_object_is_set_aside() {
     assert_eq!(env.redis_cli(&["EXISTS", &log_key]), "0");
 }
 
+/// An image of ours whose entrypoint does not exist, removed on drop.
+struct BrokenImage(String);
+
+impl BrokenImage {
+    fn build(env: &Env) -> BrokenImage {
+        let tag = format!("mcp-server:broken-{}", env.instance);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {}\nENTRYPOINT [\"/no/such/binary\"]\n", env.image),
+        )
+        .unwrap();
+        docker(&[
+            "build",
+            "-q",
+            "--label",
+            &format!("{TEST_LABEL}={}", env.instance),
+            "-t",
+            &tag,
+            dir.path().to_str().unwrap(),
+        ]);
+        BrokenImage(tag)
+    }
+}
+
+impl Drop for BrokenImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
 /// A sandbox whose command does not exist fails every start, and each failure causes Docker
 /// events; the retry back-off holds anyway (200 ms doubling to 30 s: ≤ 10 attempts a minute).
 #[test]
 fn failure_backoff_holds_against_docker_events() {
     let mut env = Env::new();
+    let image = BrokenImage::build(&env);
     env.start_orchestrator(&[]);
     let before = metric(&env, "mcpo_reconciles_total{result=\"error\"}");
-    env.apply_yaml(&session_yaml(
-        "broken",
-        &env.image,
-        "  command: [\"/no/such/binary\"]\n",
-    ));
+    env.apply_yaml(&session_yaml("broken", &image.0, ""));
     std::thread::sleep(Duration::from_secs(60));
     let attempts = metric(&env, "mcpo_reconciles_total{result=\"error\"}") - before;
     eprintln!("failed attempts in 60 s: {attempts}");
@@ -281,4 +309,9 @@ fn failure_backoff_holds_against_docker_events() {
     );
     let st = env.get_json("broken").unwrap();
     assert_eq!(st["status"]["phase"], "BackOff", "{st}");
+    let events = env.log_text().matches("docker event session=broken").count();
+    eprintln!("docker events of the broken sandbox meanwhile: {events}");
+    env.kill_orchestrator();
+    drop(env);
+    drop(image);
 }
