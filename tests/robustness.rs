@@ -309,7 +309,10 @@ fn failure_backoff_holds_against_docker_events() {
     );
     let st = env.get_json("broken").unwrap();
     assert_eq!(st["status"]["phase"], "BackOff", "{st}");
-    let events = env.log_text().matches("docker event session=broken").count();
+    let events = env
+        .log_text()
+        .matches("docker event session=broken")
+        .count();
     eprintln!("docker events of the broken sandbox meanwhile: {events}");
     env.kill_orchestrator();
     drop(env);
