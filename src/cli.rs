@@ -614,8 +614,17 @@ async fn serve(g: &Global, a: ServeArgs) -> anyhow::Result<()> {
         reconcile_timeout: a.reconcile_timeout,
         shutdown_grace: a.shutdown_grace,
         stall_after: a.stall_after,
+        store_id_file: a.store_id_file.clone(),
         ..controller::Config::default()
     };
+    if a.stall_after <= a.reconcile_timeout {
+        bail!(
+            "--stall-after ({}) must be longer than --reconcile-timeout ({}): a reconcile \
+             may legitimately run that long",
+            humantime::format_duration(a.stall_after),
+            humantime::format_duration(a.reconcile_timeout)
+        );
+    }
     let identity = store
         .identity()
         .await
@@ -738,13 +747,19 @@ async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()
         .map(|s| (s.metadata.name.clone(), s))
         .collect();
     let names = runtime.names().await?;
+    // After a rollback this store's own containers without a session are held too.
+    let hold = store.orphan_hold().await?;
+    if let Some(why) = &hold {
+        eprintln!("orphans are held after a store rollback: {why}");
+    }
     let chosen: Vec<_> = runtime
         .list(None, false)
         .await?
         .into_iter()
         .filter(|c| {
-            crate::plan::ownership(c, &snap.identity, sessions.get(&c.session))
-                == crate::plan::Ownership::Foreign
+            let session = sessions.get(&c.session);
+            crate::plan::ownership(c, &snap.identity, session) == crate::plan::Ownership::Foreign
+                || (hold.is_some() && session.is_none())
         })
         .filter(|c| {
             let name = names.get(&c.id).map(String::as_str).unwrap_or("");
@@ -756,6 +771,10 @@ async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()
         .collect();
     if chosen.is_empty() {
         eprintln!("no foreign containers (store {})", snap.identity);
+        if remove && hold.is_some() && only.is_empty() {
+            store.set_orphan_hold(None).await?;
+            eprintln!("orphan hold cleared");
+        }
         return Ok(());
     }
     println!(
@@ -777,6 +796,10 @@ async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()
             runtime.remove(&c.id).await?;
         }
         eprintln!("removed {} foreign container(s)", chosen.len());
+        if hold.is_some() && only.is_empty() {
+            store.set_orphan_hold(None).await?;
+            eprintln!("orphan hold cleared: the controller removes orphans again");
+        }
     } else {
         eprintln!(
             "{} container(s) of instance {:?} are not this store's ({}); `--remove` removes them",

@@ -74,6 +74,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `/readyz` is unready when work waits and no reconcile finished for this long.
     pub stall_after: Duration,
+    /// Where to write the store identity whenever it is learnt or changes (the image's stop
+    /// hook removes only containers of that store).
+    pub store_id_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             reconcile_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             stall_after: Duration::from_secs(90),
+            store_id_file: None,
         }
     }
 }
@@ -137,6 +141,10 @@ struct Shared {
     unreadable: RwLock<HashMap<String, String>>,
     /// Containers of this instance that belong to another store, as of the last resync.
     foreign: RwLock<Vec<Observed>>,
+    /// Set after a store rollback (the revision went back under the same identity): this
+    /// store's containers without a session are held, not removed, until an operator
+    /// confirms (`mcp-orchestrator foreign --remove` clears it in Redis).
+    hold: RwLock<Option<String>>,
     progress: Mutex<Progress>,
 }
 
@@ -177,24 +185,6 @@ impl Handle {
             ));
         }
         Ok(())
-    }
-
-    /// Stored objects this build cannot decode (name → why), set aside.
-    pub fn unreadable(&self) -> HashMap<String, String> {
-        self.shared
-            .unreadable
-            .read()
-            .map(|u| u.clone())
-            .unwrap_or_default()
-    }
-
-    /// Containers of this instance that belong to another store (last resync).
-    pub fn foreign(&self) -> Vec<Observed> {
-        self.shared
-            .foreign
-            .read()
-            .map(|f| f.clone())
-            .unwrap_or_default()
     }
 
     /// Count cached sessions by phase into the `mcpo_sessions` gauge.
@@ -240,6 +230,7 @@ impl Controller {
                 store_id: RwLock::new(String::new()),
                 unreadable: RwLock::new(HashMap::new()),
                 foreign: RwLock::new(Vec::new()),
+                hold: RwLock::new(None),
                 progress: Mutex::new(Progress {
                     alive: false,
                     busy: 0,
@@ -416,10 +407,11 @@ async fn schedule(
             .queue_depth
             .set((queue.ready_len() + queue.delayed_len()) as i64);
         if let Ok(mut p) = s.progress.lock() {
-            p.busy = busy;
-            if busy == 0 {
+            // Idle, or work just arrived after idling: the stall clock starts now.
+            if busy == 0 || p.busy == 0 {
                 p.last = std::time::Instant::now();
             }
+            p.busy = busy;
         }
         if shutdown.is_cancelled() {
             let by = *stop_by.get_or_insert_with(|| Instant::now() + s.config.shutdown_grace);
@@ -528,7 +520,18 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
     let sessions = s.cache.read().map(|c| c.clone()).unwrap_or_default();
     let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
     let unreadable = s.unreadable.read().map(|u| u.clone()).unwrap_or_default();
-    let (ours, foreign) = partition_owned(containers, &store, &sessions);
+    // An operator may have cleared (or set) the orphan hold since the last pass.
+    if let Ok(h) = s.store.orphan_hold().await
+        && let Ok(mut hold) = s.hold.write()
+    {
+        *hold = h;
+    }
+    let held = s.hold.read().map(|h| h.is_some()).unwrap_or(false);
+    let (ours, mut foreign) = partition_owned(containers, &store, &sessions);
+    let (ours, orphans): (Vec<Observed>, Vec<Observed>) = ours
+        .into_iter()
+        .partition(|c| !held || sessions.contains_key(&c.session));
+    foreign.extend(orphans);
     report_foreign(s, foreign);
     let mut by_session: HashMap<String, Vec<plan::Observed>> = HashMap::new();
     for c in ours {
@@ -620,12 +623,19 @@ async fn event(s: &Shared, name: &str, type_: &str, reason: &str, message: Strin
 async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, ControllerError> {
     // The benchmark's change latency (a store write → here) is read off this line.
     debug!("reconcile start");
+    // The cache first, then the set-aside names: the watcher writes them in the opposite
+    // order, so a name that just became unreadable is never seen as "no session".
+    let session = s.cache.read().ok().and_then(|c| c.get(name).cloned());
     if s.unreadable.read().is_ok_and(|u| u.contains_key(name)) {
         // Its desired state is unknown: leave its containers exactly as they are.
         debug!("stored object is unreadable; not reconciled");
         return Ok(None);
     }
-    let session = s.cache.read().ok().and_then(|c| c.get(name).cloned());
+    if session.is_none() && s.hold.read().is_ok_and(|h| h.is_some()) {
+        // After a rollback, a missing session may be the rollback's doing: hold.
+        debug!("no session, and orphans are held after a store rollback; not reconciled");
+        return Ok(None);
+    }
     let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
     let containers: Vec<Observed> = s
         .runtime
@@ -848,7 +858,20 @@ async fn watch_store(
                          `mcp-orchestrator foreign --remove` once you are sure"
                     );
                 }
+                if *id != snap.identity
+                    && let Some(path) = &s.config.store_id_file
+                    && let Err(e) = std::fs::write(path, format!("{}\n", snap.identity))
+                {
+                    warn!(path = %path.display(), error = %e, "cannot write the store identity");
+                }
                 *id = snap.identity.clone();
+            }
+            let hold = s.store.orphan_hold().await?;
+            if let Some(why) = &hold {
+                warn!(reason = %why, "orphans are held after a store rollback: this store's containers without a session are left alone until `mcp-orchestrator foreign --remove`");
+            }
+            if let Ok(mut h) = s.hold.write() {
+                *h = hold;
             }
             if let Ok(mut u) = s.unreadable.write() {
                 keys.extend(u.keys().cloned());
@@ -916,6 +939,26 @@ async fn watch_store(
         }
         .await;
         if let Err(e) = result {
+            if let StoreError::Reset {
+                old,
+                new,
+                seen,
+                now,
+            } = &e
+                && old == new
+            {
+                // Rolled back under the same identity (an older backup, a lagging replica):
+                // sessions written after that point are gone, and their sandboxes would look
+                // like orphans. Hold them until an operator confirms.
+                s.metrics.store_resets.inc();
+                let why = format!("revision went back from {seen} to {now} (store {old})");
+                if let Err(e) = s.store.set_orphan_hold(Some(&why)).await {
+                    warn!(error = %e, "cannot record the orphan hold");
+                }
+                if let Ok(mut h) = s.hold.write() {
+                    *h = Some(why);
+                }
+            }
             s.metrics.redis_errors.inc();
             warn!(error = %e, "store watch interrupted; relisting");
             tokio::select! {

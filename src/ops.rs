@@ -169,6 +169,10 @@ pub async fn apply(
         }
         let next = merged(current.as_ref(), desired, source);
         let result = match &current {
+            // A precondition names a version of an object that no longer exists.
+            None if desired.metadata.resource_version.is_some() => {
+                return Err(StoreError::NotFound(desired.name().to_string()).into());
+            }
             None if dry_run => return Ok((Applied::Created, next)),
             None => store.create(&next).await.map(|s| (Applied::Created, s)),
             Some(cur) => {

@@ -102,12 +102,6 @@ impl WorkQueue {
         self.add(key);
     }
 
-    /// Forget everything about `key` that outlives a reconcile (its failure count), e.g.
-    /// when the session is deleted. A pending trigger stays.
-    pub fn forget(&mut self, key: &str) {
-        self.failures.remove(key);
-    }
-
     /// Move every delayed key that is due by `now` to the ready queue.
     pub fn promote(&mut self, now: Instant) {
         while let Some((at, key)) = self.delayed.first().cloned() {

@@ -12,6 +12,7 @@
 //! | `<p>:chat-bytes:<name>` | string | the byte size of that list |
 //! | `<p>:specfiles` | hash | specs-directory file (`file:<path>`) → its current problem (JSON event) |
 //! | `<p>:id` | string | the store's identity: a random id made once, carried by every sandbox |
+//! | `<p>:orphan-hold` | string | set after a rollback (revision went back, same identity): why orphans are held |
 //!
 //! ## Identity and resets
 //! The identity is created by the first write or list (`SET NX`) and never changes while the
@@ -323,6 +324,32 @@ impl Store {
             o.insert("schemaVersion".into(), SCHEMA_VERSION.into());
         }
         serde_json::to_string(&value).unwrap_or_default()
+    }
+
+    /// Why orphans are held (not removed) after a store rollback, if they are: set by the
+    /// controller when the revision went back under an unchanged identity, cleared by an
+    /// operator (`mcp-orchestrator foreign --remove`).
+    pub async fn orphan_hold(&self) -> Result<Option<String>, StoreError> {
+        let mut con = self.con.clone();
+        Ok(con.get(self.hold_key()).await?)
+    }
+
+    /// Set (`Some`) or clear (`None`) the orphan hold (see [`Store::orphan_hold`]).
+    pub async fn set_orphan_hold(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        match reason {
+            Some(r) => {
+                let _: () = con.set(self.hold_key(), r).await?;
+            }
+            None => {
+                let _: () = con.del(self.hold_key()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn hold_key(&self) -> String {
+        format!("{}:orphan-hold", self.keys.prefix)
     }
 
     /// The store's identity, created now if it has none (an empty or reset store).
@@ -697,13 +724,22 @@ impl Watch {
         // The identity and revision are read right after the entries, in one round trip: a
         // reset between the two shows as a changed identity, so entries of a new store are
         // never taken for the continuation of the old one.
+        // The connection has no response timeout (XREAD blocks); this bound keeps a Redis
+        // that stops answering without closing the connection from wedging the watcher.
+        let mut pipe = redis::pipe();
+        pipe.xread_options(&[&self.stream], &[&id], &opts)
+            .get(&self.id_key)
+            .get(&self.rv_key);
+        let query = pipe.query_async(&mut self.con);
         let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) =
-            redis::pipe()
-                .xread_options(&[&self.stream], &[&id], &opts)
-                .get(&self.id_key)
-                .get(&self.rv_key)
-                .query_async(&mut self.con)
-                .await?;
+            tokio::time::timeout(block + Duration::from_secs(5), query)
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the watch read did not answer in time",
+                    ))
+                })??;
         let identity = identity.unwrap_or_default();
         let rv = rv.unwrap_or(0);
         if identity != self.identity || rv < self.last {

@@ -318,3 +318,49 @@ fn failure_backoff_holds_against_docker_events() {
     drop(env);
     drop(image);
 }
+
+/// A store rolled back under the same identity (an older backup, a lagging replica): the
+/// revision goes back and a session written after that point is gone. Its sandbox is held,
+/// not removed as an orphan, until an operator confirms with `foreign --remove`.
+#[test]
+fn after_a_rollback_orphans_are_held_until_an_operator_confirms() {
+    let mut env = Env::new();
+    env.start_orchestrator(&["--resync-interval", "1s"]);
+    env.apply_yaml(&session_yaml("kept", &env.image, ""));
+    env.wait_status("kept", T, |s| s["phase"] == "Running");
+    env.apply_yaml(&session_yaml("lost", &env.image, ""));
+    let lost = env.wait_running("lost", T);
+    env.wait_status("lost", T, |s| s["phase"] == "Running");
+    // The rollback: the object is gone and the revision counter is back below the watcher's.
+    let p = format!("mcpo:{}", env.instance);
+    env.redis_cli(&[
+        "EVAL",
+        "redis.call('HDEL', KEYS[1], 'lost') redis.call('HDEL', KEYS[2], 'lost') \
+         redis.call('SET', KEYS[3], 1) redis.call('DEL', KEYS[4]) return 1",
+        "4",
+        &format!("{p}:objects"),
+        &format!("{p}:versions"),
+        &format!("{p}:rv"),
+        &format!("{p}:stream"),
+    ]);
+    wait_until(T, "the rollback to be noticed", || {
+        metric(&env, "mcpo_store_resets_total") >= 1.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &lost]),
+        "true",
+        "held, not removed"
+    );
+    assert_eq!(env.containers("kept").len(), 1);
+    let out = env.cli(&["foreign"], None);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("lost"), "{listed}");
+    assert!(!listed.contains("kept"), "{listed}");
+    env.ok(&["foreign", "--remove"]);
+    wait_until(T, "the held orphan to be removed", || {
+        env.containers("lost").is_empty()
+    });
+    assert_eq!(env.redis_cli(&["EXISTS", &format!("{p}:orphan-hold")]), "0");
+    assert_eq!(env.containers("kept").len(), 1);
+}

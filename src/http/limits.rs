@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use futures::FutureExt;
 use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::error;
 
 use super::ApiError;
 use crate::metrics::Metrics;
@@ -44,7 +43,7 @@ impl Default for Limits {
             max_chats: 64,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -164,13 +163,7 @@ where
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(()) => true,
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".into());
-            metrics.task_panics.with_label_values(&[task]).inc();
-            error!(task, panic = %what, "a background task panicked");
+            crate::supervise::panicked(metrics, task, &payload);
             false
         }
     }

@@ -287,14 +287,14 @@ async fn watch(
 ) -> Result<Response, ApiError> {
     let permit = st.inner.streams.acquire(StreamKind::Watch)?;
     let store = st.inner.store.clone();
-    let (initial, start) = match from {
-        Some(rv) => (Vec::new(), rv),
+    let (initial, mut watch) = match from {
+        Some(rv) => (Vec::new(), store.watch(rv).await?),
         None => {
             let snap = store.list().await?;
-            (snap.sessions, snap.revision)
+            let watch = store.watch_from(snap.revision, &snap.identity).await?;
+            (snap.sessions, watch)
         }
     };
-    let mut watch = store.watch(start).await?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     let shutdown = st.inner.shutdown.clone();
     let wanted = move |n: &str, s: &Session| {
@@ -340,7 +340,7 @@ async fn watch(
                     }
                 }
                 Err(e) => {
-                    let code = if matches!(e, StoreError::Gone(_)) {
+                    let code = if matches!(e, StoreError::Gone(_) | StoreError::Reset { .. }) {
                         410
                     } else {
                         503
