@@ -355,17 +355,24 @@ impl Store {
     /// The store's identity, created now if it has none (an empty or reset store).
     pub async fn identity(&self) -> Result<String, StoreError> {
         let mut con = self.con.clone();
-        let (id,): (String,) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&self.keys.id)
-            .arg(uuid::Uuid::new_v4().simple().to_string())
-            .arg("NX")
-            .ignore()
+        let (id,): (String,) = self
+            .with_identity()
             .get(&self.keys.id)
             .query_async(&mut con)
             .await?;
         Ok(id)
+    }
+
+    /// An atomic pipeline that first makes the store's identity if it has none.
+    fn with_identity(&self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(&self.keys.id)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg("NX")
+            .ignore();
+        pipe
     }
 
     /// One session by name.
@@ -393,13 +400,8 @@ impl Store {
             HashMap<String, String>,
             Option<u64>,
             String,
-        ) = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&self.keys.id)
-            .arg(uuid::Uuid::new_v4().simple().to_string())
-            .arg("NX")
-            .ignore()
+        ) = self
+            .with_identity()
             .hgetall(&self.keys.objects)
             .hgetall(&self.keys.versions)
             .get(&self.keys.rv)

@@ -113,12 +113,7 @@ fn the_docker_daemon_restarted_under_the_orchestrator() {
         .map(|n| env.wait_running(n, Duration::from_secs(5)))
         .collect();
     assert!(
-        env.orchestrator
-            .as_mut()
-            .unwrap()
-            .try_wait()
-            .unwrap()
-            .is_none(),
+        env.orchestrator_alive(),
         "the orchestrator survived the engine restart"
     );
     let log = env.log_text();

@@ -273,6 +273,13 @@ impl Env {
         );
     }
 
+    /// Is the orchestrator started by this environment still running?
+    pub fn orchestrator_alive(&mut self) -> bool {
+        self.orchestrator
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// SIGKILL the orchestrator.
     pub fn kill_orchestrator(&mut self) {
         if let Some(mut c) = self.orchestrator.take() {
