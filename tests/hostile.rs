@@ -294,6 +294,12 @@ fn corpus() -> Vec<Input> {
         "/spec/restartPolicy",
     ] {
         for w in &wrong {
+            // These two are valid values of those fields, not hostile ones.
+            let valid = (field == "/spec/command" && *w == json!([]))
+                || (field == "/spec/ttlSeconds" && *w == json!(1));
+            if valid {
+                continue;
+            }
             out.push(input(
                 format!("{field} = {w}"),
                 js(&with(base.clone(), field, w.clone())),
@@ -912,12 +918,14 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
                 problems.join(", ")
             ));
         }
-        assert_eq!(
-            store.revision().await.unwrap(),
-            revision,
-            "patch {} wrote to the store",
-            c.what
-        );
+        let now = store.revision().await.unwrap();
+        if now != revision {
+            failures.push(format!(
+                "api PATCH #{i} {}: the store revision moved to {now}",
+                c.what
+            ));
+            break;
+        }
         let r = rss(pid);
         peak = peak.max(r);
         if r > baseline + RSS_GROWTH {
@@ -940,11 +948,12 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
     failures.extend(cli_failures);
     let cli_took = cli_start.elapsed();
 
-    assert_eq!(
-        store.revision().await.unwrap(),
-        revision,
-        "a rejected input was written to the store"
-    );
+    let now = store.revision().await.unwrap();
+    if now != revision {
+        failures.push(format!(
+            "a rejected input was written to the store (revision {revision} -> {now})"
+        ));
+    }
     let names: Vec<String> = store
         .list()
         .await
@@ -953,7 +962,11 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
         .iter()
         .map(|s| s.metadata.name.clone())
         .collect();
-    assert_eq!(names, ["seed"], "only the seed session is stored");
+    if names != ["seed"] {
+        failures.push(format!(
+            "only the seed session may be stored, found {names:?}"
+        ));
+    }
     assert!(env.orchestrator_alive(), "serve died");
     assert!(!env.log_text().contains("panicked"), "serve panicked");
     eprintln!(
