@@ -396,3 +396,58 @@ async fn turns_are_exclusive_capped_and_cancelled_with_their_client() {
     let rest = tokio::time::timeout(Duration::from_secs(5), open.text()).await;
     assert!(rest.is_ok(), "the chat stream ends on shutdown");
 }
+
+/// One sandbox that never answers (its process is stopped: Docker still says running, so
+/// nothing replaces it) does not hold up chat on another session: the MCP pool locks per
+/// container, not globally, and the stuck attach ends at the MCP call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_sandbox_does_not_block_chat_on_another() {
+    let fake = FakeGemini::start(KEY).await;
+    let mut env = Env::new();
+    env.extra_env.push(("GOOGLE_API_KEY".into(), KEY.into()));
+    env.extra_env
+        .push(("GEMINI_BASE_URL".into(), fake.base_url()));
+    env.extra_env
+        .push(("GEMINI_MODEL".into(), "gemini-test".into()));
+    env.start_orchestrator(&["--mcp-call-timeout", "6s"]);
+    env.apply_yaml(&format!(
+        "{}---\n{}",
+        session_yaml("stuck", &env.image, ""),
+        session_yaml("fine", &env.image, "")
+    ));
+    let stuck = env.wait_running("stuck", T);
+    env.wait_running("fine", T);
+    env.wait_status("stuck", T, |s| s["phase"] == "Running");
+    env.wait_status("fine", T, |s| s["phase"] == "Running");
+    docker(&["kill", "--signal", "STOP", &stuck]);
+
+    let api = env.api();
+    let t0 = std::time::Instant::now();
+    let blocked = tokio::spawn(async move {
+        let client = ApiClient::new(&api, None);
+        client.chat("stuck", "hello?").await.map(|_| ())
+    });
+    // Let the stuck turn take its sandbox's lock and hang in attach + initialize.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fake.push(Step::stream_text(&["unaffected"]));
+    let started = std::time::Instant::now();
+    let events = chat(&env, "fine", "hi").await;
+    let took = started.elapsed();
+    assert_eq!(
+        of_type(&events, "done")[0]["text"],
+        "unaffected",
+        "{events:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "the other session waited {took:?}"
+    );
+
+    let stuck_result = tokio::time::timeout(T, blocked)
+        .await
+        .expect("the stuck turn ends (MCP call timeout), it does not hang")
+        .unwrap();
+    assert!(stuck_result.is_err(), "a stopped sandbox cannot answer");
+    assert!(t0.elapsed() >= Duration::from_secs(5), "{:?}", t0.elapsed());
+    docker(&["kill", "--signal", "CONT", &stuck]);
+}

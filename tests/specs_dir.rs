@@ -78,8 +78,11 @@ fn reflected(what: &str, t0: Instant, mut f: impl FnMut() -> bool) -> Duration {
     took
 }
 
+/// Is `name` stored, and does `f` hold for it? Read straight from Redis (one `redis-cli`,
+/// a few ms): the latency measured is the watcher's, not a CLI process start per poll.
 fn present(env: &Env, name: &str, f: impl Fn(&Value) -> bool) -> bool {
-    env.get_json(name).is_some_and(|s| f(&s))
+    let json = env.redis_cli(&["HGET", &format!("mcpo:{}:objects", env.instance), name]);
+    serde_json::from_str::<Value>(&json).is_ok_and(|s| f(&s))
 }
 
 fn wait_log(env: &Env, what: &str, t0: Instant, needles: &[&str]) -> Duration {
@@ -91,7 +94,11 @@ fn wait_log(env: &Env, what: &str, t0: Instant, needles: &[&str]) -> Duration {
 }
 
 fn gone(env: &Env, session: &str) -> bool {
-    env.get_json(session).is_none()
+    env.redis_cli(&[
+        "HEXISTS",
+        &format!("mcpo:{}:objects", env.instance),
+        session,
+    ]) == "0"
 }
 
 fn no_containers(env: &Env, session: &str) {
