@@ -38,8 +38,8 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mcp_orchestrator::chaos::percentile;
-use mcp_orchestrator::contract::{Identity, Policy, container_name};
-use mcp_orchestrator::resource::{Phase, SessionSpec};
+use mcp_orchestrator::domain::contract::{Identity, Policy, container_name};
+use mcp_orchestrator::domain::resource::{Phase, SessionSpec};
 use mcp_orchestrator::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;

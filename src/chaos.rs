@@ -19,10 +19,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::client::{Backend, ClientError};
-use crate::plan::ContainerState;
-use crate::resource::Phase;
+use crate::domain::plan::ContainerState;
+use crate::domain::resource::Phase;
+use crate::domain::selector::Selector;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::selector::Selector;
 
 /// Chaos failures (of the tool itself, not of the system under test).
 #[derive(Debug, thiserror::Error)]
@@ -296,7 +296,7 @@ pub async fn run(
     // Quiet period, then: no orphans, no duplicates, every selected session Running.
     tokio::time::sleep(cfg.quiet).await;
     let (sessions, _) = backend.list().await?;
-    let names: HashMap<&str, &crate::resource::Session> =
+    let names: HashMap<&str, &crate::domain::resource::Session> =
         sessions.iter().map(|s| (s.name(), s)).collect();
     let containers = runtime.list(None, false).await?;
     for c in &containers {

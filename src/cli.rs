@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::client::{ApiClient, Backend};
-use crate::contract::{self, Policy};
 use crate::controller::{self, Controller};
-use crate::limits;
+use crate::domain::contract::{self, Policy};
+use crate::domain::limits;
+use crate::domain::parse;
+use crate::domain::plan::Settings;
+use crate::domain::resource::{Phase, Session};
 use crate::ops::{self, Applied, PatchType};
-use crate::parse;
-use crate::plan::Settings;
-use crate::resource::{Phase, Session};
 use crate::runtime::Runtime;
 use crate::store::{EventType, Store};
 
@@ -80,12 +80,14 @@ pub struct Global {
 impl Global {
     /// The contract policy these options describe.
     pub fn policy(&self) -> anyhow::Result<Policy> {
-        let max_memory =
-            contract::parse_memory(&crate::resource::Quantity::Text(self.max_memory.clone()))
-                .map_err(|e| anyhow!("--max-memory: {e}"))?;
-        let max_nano_cpus =
-            contract::parse_cpus(&crate::resource::Quantity::Text(self.max_cpus.clone()))
-                .map_err(|e| anyhow!("--max-cpus: {e}"))?;
+        let max_memory = contract::parse_memory(&crate::domain::resource::Quantity::Text(
+            self.max_memory.clone(),
+        ))
+        .map_err(|e| anyhow!("--max-memory: {e}"))?;
+        let max_nano_cpus = contract::parse_cpus(&crate::domain::resource::Quantity::Text(
+            self.max_cpus.clone(),
+        ))
+        .map_err(|e| anyhow!("--max-cpus: {e}"))?;
         if !(limits::MIN_PIDS..=1 << 22).contains(&self.max_pids) {
             bail!("--max-pids: {} is outside 1..={}", self.max_pids, 1 << 22);
         }
@@ -440,7 +442,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schema => {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&crate::resource::json_schema())?
+                serde_json::to_string_pretty(&crate::domain::resource::json_schema())?
             );
             Ok(())
         }
@@ -456,7 +458,7 @@ async fn chaos(g: &Global, a: ChaosArgs) -> anyhow::Result<()> {
     let cfg = crate::chaos::ChaosConfig {
         duration: a.duration,
         interval: a.interval,
-        selector: crate::selector::Selector::parse(&a.selector)?,
+        selector: crate::domain::selector::Selector::parse(&a.selector)?,
         faults,
         recovery_timeout: a.recovery_timeout,
         quiet: a.quiet,
@@ -741,7 +743,7 @@ async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()
     let runtime = Runtime::connect(&g.instance)
         .await
         .context("cannot connect to the Docker engine")?;
-    let sessions: std::collections::HashMap<String, crate::resource::Session> = snap
+    let sessions: std::collections::HashMap<String, crate::domain::resource::Session> = snap
         .sessions
         .into_iter()
         .map(|s| (s.metadata.name.clone(), s))
@@ -758,7 +760,8 @@ async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Result<()
         .into_iter()
         .filter(|c| {
             let session = sessions.get(&c.session);
-            crate::plan::ownership(c, &snap.identity, session) == crate::plan::Ownership::Foreign
+            crate::domain::plan::ownership(c, &snap.identity, session)
+                == crate::domain::plan::Ownership::Foreign
                 || (hold.is_some() && session.is_none())
         })
         .filter(|c| {
@@ -844,7 +847,7 @@ fn load_valid(files: &[PathBuf], policy: &Policy) -> anyhow::Result<Vec<parse::D
     let mut errors = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for d in &docs {
-        if let Err(e) = crate::admission::validate(&d.session, policy) {
+        if let Err(e) = crate::domain::admission::validate(&d.session, policy) {
             for v in e.violations() {
                 errors.push(format!("{}: {}", d.origin.at(&v.path), v.message));
             }
@@ -1000,7 +1003,7 @@ fn print_sessions(out: Output, sessions: &[Session], single: bool) -> anyhow::Re
             stdout,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "apiVersion": crate::resource::API_VERSION,
+                "apiVersion": crate::domain::resource::API_VERSION,
                 "kind": "SessionList",
                 "items": sessions,
             }))?

@@ -7,9 +7,9 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::contract::Policy;
+use crate::domain::contract::Policy;
+use crate::domain::resource::Session;
 use crate::ops::{self, Applied, OpsError, PatchRequest, PatchType};
-use crate::resource::Session;
 use crate::store::{EventType, SessionEvent, Store, StoreError, Watch, WatchEvent};
 
 /// Client failures.

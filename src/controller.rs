@@ -4,7 +4,7 @@
 //! periodic resync — all become keys in one [`WorkQueue`]. A single scheduler task owns the
 //! queue and hands keys to at most `concurrency` reconcile tasks. A reconcile reads the
 //! desired session from the local cache (fed by the store watch), lists the session's
-//! containers, asks [`crate::plan::plan`] what to do, executes that, and writes status back
+//! containers, asks [`crate::domain::plan::plan`] what to do, executes that, and writes status back
 //! with a compare-and-swap.
 //!
 //! ## Supervision
@@ -17,7 +17,7 @@
 //! when the scheduler stops or makes no progress while work waits.
 //!
 //! ## Ownership
-//! Only containers of this instance *and* this store ([`crate::plan::ownership`]) are planned
+//! Only containers of this instance *and* this store ([`crate::domain::plan::ownership`]) are planned
 //! over. Others — another Redis behind the same instance name, or this store before a reset —
 //! are counted, logged and left alone.
 
@@ -35,11 +35,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::expect::Expectations;
+use crate::domain::expect::Expectations;
+use crate::domain::plan::{self, Action, CrashState, Input, Observed, Ownership, Settings};
+use crate::domain::queue::{Outcome, WorkQueue};
+use crate::domain::resource::{Phase, Session};
 use crate::metrics::Metrics;
-use crate::plan::{self, Action, CrashState, Input, Observed, Ownership, Settings};
-use crate::queue::{Outcome, WorkQueue};
-use crate::resource::{Phase, Session};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{SessionEvent, Store, StoreError};
 use crate::supervise::{panic_message, supervise};
@@ -131,7 +131,7 @@ struct Shared {
     /// Set once the cache holds a full list; no reconcile runs before that, or every
     /// container would look like an orphan.
     listed: AtomicBool,
-    /// Docker events the reconciles caused themselves (see [`crate::expect`]).
+    /// Docker events the reconciles caused themselves (see [`crate::domain::expect`]).
     expect: Mutex<Expectations>,
     /// The identity of the store, as of the last list (labels new containers, decides which
     /// containers are ours).

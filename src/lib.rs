@@ -26,24 +26,16 @@
 //! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
 //! - [`cli`]: the kubectl-style command line.
 
-pub mod admission;
 pub mod chaos;
 pub mod chat;
 pub mod cli;
 pub mod client;
-pub mod contract;
 pub mod controller;
-pub mod expect;
+pub mod domain;
 pub mod http;
-pub mod limits;
 pub mod metrics;
 pub mod ops;
-pub mod parse;
-pub mod plan;
-pub mod queue;
-pub mod resource;
 pub mod runtime;
-pub mod selector;
 pub mod specs;
 pub mod store;
 pub mod supervise;

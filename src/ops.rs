@@ -4,11 +4,11 @@
 
 use serde_json::Value;
 
-use crate::admission::{self, AdmissionError};
-use crate::contract::Policy;
-use crate::limits::{self, human_bytes};
-use crate::parse::{self, Origin, ParseError};
-use crate::resource::{SOURCE_ANNOTATION, Session};
+use crate::domain::admission::{self, AdmissionError};
+use crate::domain::contract::Policy;
+use crate::domain::limits::{self, human_bytes};
+use crate::domain::parse::{self, Origin, ParseError};
+use crate::domain::resource::{SOURCE_ANNOTATION, Session};
 use crate::store::{Store, StoreError};
 
 /// Operation failures.

@@ -18,8 +18,10 @@ use bollard::query_parameters::{
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
-use crate::contract::{LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, LABEL_STORE, MANAGED_BY};
-use crate::plan::{ContainerState, ExitInfo, Observed};
+use crate::domain::contract::{
+    LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, LABEL_STORE, MANAGED_BY,
+};
+use crate::domain::plan::{ContainerState, ExitInfo, Observed};
 
 /// Docker failures.
 #[derive(Debug, thiserror::Error)]
@@ -159,12 +161,14 @@ impl Runtime {
             };
             let mut o = Observed {
                 session: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
-                spec_hash: labels.get(crate::contract::LABEL_SPEC_HASH).cloned(),
+                spec_hash: labels
+                    .get(crate::domain::contract::LABEL_SPEC_HASH)
+                    .cloned(),
                 generation: labels
-                    .get(crate::contract::LABEL_GENERATION)
+                    .get(crate::domain::contract::LABEL_GENERATION)
                     .and_then(|g| g.parse().ok()),
-                uid: labels.get(crate::contract::LABEL_UID).cloned(),
-                store: labels.get(crate::contract::LABEL_STORE).cloned(),
+                uid: labels.get(crate::domain::contract::LABEL_UID).cloned(),
+                store: labels.get(crate::domain::contract::LABEL_STORE).cloned(),
                 created: c.created.unwrap_or(0),
                 state,
                 exit: None,

@@ -3,7 +3,7 @@
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory (not in
 //! subdirectories; dotfiles and editor temp files are ignored, see
-//! [`crate::parse::is_spec_file`]) declares sessions. Each session it declares is applied
+//! [`crate::domain::parse::is_spec_file`]) declares sessions. Each session it declares is applied
 //! with the source `file:<absolute path>` (the directory is canonicalised once, at start),
 //! which [`crate::ops`] uses to keep files and the API/CLI from overwriting each other.
 //!
@@ -45,17 +45,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::admission;
-use crate::contract::Policy;
+use crate::domain::admission;
+use crate::domain::contract::Policy;
+use crate::domain::parse;
+use crate::domain::resource::Session;
 use crate::ops::{self, Applied, OpsError};
-use crate::parse;
-use crate::resource::Session;
 use crate::store::{SessionEvent, Store, StoreError};
 
 /// Quiet time the debouncer waits for after the last event on a path.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Largest spec file read; bigger files are reported as invalid.
-pub const MAX_FILE_SIZE: u64 = crate::limits::MAX_INPUT_BYTES as u64;
+pub const MAX_FILE_SIZE: u64 = crate::domain::limits::MAX_INPUT_BYTES as u64;
 /// Event reason for an invalid file.
 pub const REASON_INVALID: &str = "InvalidSpecFile";
 /// Event reason for a file declaring a session another source owns.
@@ -737,7 +737,7 @@ fn absorb(s: Signal, dir: &Path, debouncer: Option<&mut Watcher>, work: &mut Wor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::SOURCE_ANNOTATION;
+    use crate::domain::resource::SOURCE_ANNOTATION;
 
     const PREFIX: &str = "file:/specs/";
 

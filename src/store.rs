@@ -42,7 +42,7 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::resource::{Session, SessionStatus};
+use crate::domain::resource::{Session, SessionStatus};
 
 /// Approximate number of change entries kept in the stream.
 const STREAM_MAXLEN: usize = 100_000;

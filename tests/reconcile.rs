@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcp_orchestrator::resource::Session;
+use mcp_orchestrator::domain::resource::Session;
 use mcp_orchestrator::store::StoreError;
 
 const T: Duration = Duration::from_secs(20);
@@ -384,7 +384,7 @@ async fn a_stale_resource_version_is_a_conflict_and_loses_nothing() {
     assert_eq!(now.spec.env["WHO"], "a", "the stale write changed nothing");
 
     // Status writes are CAS too, and do not bump generation.
-    let st = mcp_orchestrator::resource::SessionStatus::default();
+    let st = mcp_orchestrator::domain::resource::SessionStatus::default();
     assert!(matches!(
         store.update_status("demo", &rv1, &st).await,
         Err(StoreError::Conflict { .. })

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcp_orchestrator::resource::Session;
+use mcp_orchestrator::domain::resource::Session;
 use serde_json::Value;
 
 fn soak_seconds() -> u64 {

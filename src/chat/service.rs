@@ -29,7 +29,7 @@ use super::gemini::{
 use super::history::History;
 use super::mcp::{McpConn, McpError, McpPool};
 use super::schema::{self, Declarations, ToolSpec};
-use crate::resource::{Phase, Session};
+use crate::domain::resource::{Phase, Session};
 use crate::store::{Store, StoreError};
 
 /// Why a chat could not start.

@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::admission::AdmissionError;
+use crate::domain::admission::AdmissionError;
+use crate::domain::parse::ParseError;
 use crate::ops::OpsError;
-use crate::parse::ParseError;
 use crate::store::StoreError;
 
 /// The error body.

@@ -33,8 +33,8 @@ pub use error::{ApiError, Status};
 pub use limits::{Limits, MAX_REQUEST_TIMEOUT};
 pub use openapi::openapi_json;
 
-use crate::contract::Policy;
 use crate::controller::Handle;
+use crate::domain::contract::Policy;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::Store;

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use super::Status;
 use super::chat::{self, ChatRequest};
 use super::sessions::{self, SessionList};
-use crate::resource::{
+use crate::domain::resource::{
     ChatSpec, Condition, ObjectMeta, Phase, Quantity, Resources, RestartPolicy, Session,
     SessionSpec, SessionStatus, ToolFilter,
 };

@@ -20,10 +20,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::limits::{StreamKind, StreamPermit, request_duration, supervised};
 use super::{ApiError, AppState, Status};
+use crate::domain::parse;
+use crate::domain::resource::{API_VERSION, Phase, Session, SessionStatus};
+use crate::domain::selector::Selector;
 use crate::ops::{self, Applied, PatchRequest, PatchType};
-use crate::parse;
-use crate::resource::{API_VERSION, Phase, Session, SessionStatus};
-use crate::selector::Selector;
 use crate::store::{EventType, StoreError};
 
 const SOURCE: &str = "api";

@@ -10,8 +10,8 @@ use std::time::Duration;
 use bollard::models::ContainerCreateBody;
 use chrono::{DateTime, Utc};
 
-use crate::contract::{Identity, Policy, container_name};
-use crate::resource::{Condition, Phase, RestartPolicy, Session, SessionStatus};
+use crate::domain::contract::{Identity, Policy, container_name};
+use crate::domain::resource::{Condition, Phase, RestartPolicy, Session, SessionStatus};
 
 /// Docker's view of a container's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,8 +507,8 @@ pub fn status_changed(current: Option<&SessionStatus>, planned: Option<&SessionS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::Policy;
-    use crate::resource::Session;
+    use crate::domain::contract::Policy;
+    use crate::domain::resource::Session;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {

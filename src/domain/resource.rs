@@ -1,8 +1,8 @@
 //! The `Session` resource: a Kubernetes-style object (`apiVersion`, `kind`, `metadata`, `spec`,
 //! `status`) describing one sandboxed MCP tool server.
 //!
-//! These types are pure data. Parsing files lives in [`crate::parse`], validation and the
-//! sandbox contract in [`crate::contract`] and [`crate::admission`].
+//! These types are pure data. Parsing files lives in [`crate::domain::parse`], validation and the
+//! sandbox contract in [`crate::domain::contract`] and [`crate::domain::admission`].
 
 use std::collections::BTreeMap;
 
@@ -139,7 +139,7 @@ impl ToolFilter {
 
     /// May the model use `tool`?
     pub fn allows(&self, tool: &str) -> bool {
-        let m = |p: &String| crate::contract::glob_match(p, tool);
+        let m = |p: &String| crate::domain::contract::glob_match(p, tool);
         (self.allow.is_empty() || self.allow.iter().any(m)) && !self.deny.iter().any(m)
     }
 }

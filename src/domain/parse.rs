@@ -2,9 +2,9 @@
 //!
 //! A file may hold one JSON object, several YAML documents, or a list (`{"items": [...]}`).
 //! Every error names the file, the document index (0-based) and the field path. Parsing does
-//! not validate the sandbox contract; that is [`crate::admission`]'s job.
+//! not validate the sandbox contract; that is [`crate::domain::admission`]'s job.
 //!
-//! Parsing is bounded before it builds anything (see [`crate::limits`]): the input size, then
+//! Parsing is bounded before it builds anything (see [`crate::domain::limits`]): the input size, then
 //! a streaming pass over the YAML events (or the JSON text) that stops at the first nesting
 //! level, node, alias or byte over budget — so neither a deeply nested input nor an alias
 //! bomb costs more than the budget. Numbers must be finite, and every struct-typed field must
@@ -17,8 +17,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::limits::{self, escape, human_bytes};
-use crate::resource::Session;
+use crate::domain::limits::{self, escape, human_bytes};
+use crate::domain::resource::Session;
 
 /// Where a parsed session came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,7 +199,7 @@ fn check_size(file: &str, len: usize) -> Result<(), ParseError> {
 /// Parse the text of one file. JSON is detected by a leading `{` or `[`; everything else is
 /// read as (possibly multi-document) YAML. The input is refused, before any value is built,
 /// when it is larger than [`limits::MAX_INPUT_BYTES`] or goes over the nesting, node, alias
-/// or document budget of [`crate::limits`].
+/// or document budget of [`crate::domain::limits`].
 pub fn parse_str(file: &str, text: &str) -> Result<Vec<Document>, ParseError> {
     check_size(file, text.len())?;
     let mut values = Vec::new();

@@ -1,8 +1,8 @@
 //! Every input bound, in one place.
 //!
 //! Each constant below is enforced before anything is stored: the parse budget by
-//! [`crate::parse`], field sizes, counts and ranges by [`crate::admission`] and
-//! [`crate::contract`], patch bounds by [`crate::ops`], duration flags by [`crate::cli`]. The
+//! [`crate::domain::parse`], field sizes, counts and ranges by [`crate::domain::admission`] and
+//! [`crate::domain::contract`], patch bounds by [`crate::ops`], duration flags by [`crate::cli`]. The
 //! README's "Limits" table lists the same values; change both together.
 //!
 //! Also here: [`echo`] and [`escape`], the one way an error message quotes user input

@@ -15,8 +15,8 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy as DockerRe
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::limits::{self, echo};
-use crate::resource::{Quantity, SessionSpec};
+use crate::domain::limits::{self, echo};
+use crate::domain::resource::{Quantity, SessionSpec};
 
 /// Label carrying the session name.
 pub const LABEL_SESSION: &str = "orchestrator.mcp.dev/session";
@@ -159,7 +159,7 @@ pub fn container_name(instance: &str, session: &str) -> String {
 /// Is `instance` a usable orchestrator instance name (a DNS-1123 label of at most 32
 /// characters: it goes into Redis keys, labels and container names)?
 pub fn validate_instance(instance: &str) -> Result<(), String> {
-    if instance.len() <= 32 && crate::admission::is_dns1123_label(instance) {
+    if instance.len() <= 32 && crate::domain::admission::is_dns1123_label(instance) {
         Ok(())
     } else {
         Err(format!(
@@ -809,7 +809,7 @@ pub fn parse_cpus(q: &Quantity) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::Resources;
+    use crate::domain::resource::Resources;
 
     fn spec(image: &str) -> SessionSpec {
         SessionSpec {

@@ -1,12 +1,12 @@
 //! Admission: the one path every write of a desired Session goes through (CLI, HTTP API,
 //! specs directory). It checks the envelope (`apiVersion`, `kind`, `metadata`) and asks
-//! [`crate::contract`] whether the spec fits the sandbox contract.
+//! [`crate::domain::contract`] whether the spec fits the sandbox contract.
 //!
 //! No IO happens here.
 
-use crate::contract::{Policy, Violation};
-use crate::limits::{self, echo, escape, human_bytes};
-use crate::resource::{API_VERSION, KIND, Session};
+use crate::domain::contract::{Policy, Violation};
+use crate::domain::limits::{self, echo, escape, human_bytes};
+use crate::domain::resource::{API_VERSION, KIND, Session};
 
 /// Why a session was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -98,7 +98,7 @@ impl Report {
     }
 }
 
-/// Sizes, counts and ranges of every field (see [`crate::limits`]) and of the whole object.
+/// Sizes, counts and ranges of every field (see [`crate::domain::limits`]) and of the whole object.
 fn bounds(session: &Session, r: &mut Report) {
     let m = &session.metadata;
     r.count("metadata.labels", m.labels.len(), limits::MAX_LABELS);
@@ -197,7 +197,7 @@ fn escape_key(k: &str) -> String {
     limits::escape_max(k, limits::MAX_ECHO_CHARS)
 }
 
-/// Validate a session for storage: envelope, metadata, the bounds of [`crate::limits`] and
+/// Validate a session for storage: envelope, metadata, the bounds of [`crate::domain::limits`] and
 /// the sandbox contract. Returns every violation, each with its field path.
 pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError> {
     let mut r = Report(Vec::new());
@@ -363,7 +363,7 @@ mod tests {
                 "spec.chat.systemInstruction",
                 "TooLong",
                 Box::new(|s| {
-                    s.spec.chat = Some(crate::resource::ChatSpec {
+                    s.spec.chat = Some(crate::domain::resource::ChatSpec {
                         system_instruction: Some(
                             "x".repeat(limits::MAX_SYSTEM_INSTRUCTION_BYTES + 1),
                         ),
@@ -375,7 +375,7 @@ mod tests {
                 "spec.chat.model",
                 "TooLong",
                 Box::new(|s| {
-                    s.spec.chat = Some(crate::resource::ChatSpec {
+                    s.spec.chat = Some(crate::domain::resource::ChatSpec {
                         model: Some("m".repeat(limits::MAX_MODEL_BYTES + 1)),
                         ..Default::default()
                     });
@@ -385,7 +385,7 @@ mod tests {
                 "spec.chat.tools.deny",
                 "TooMany",
                 Box::new(|s| {
-                    let mut c = crate::resource::ChatSpec::default();
+                    let mut c = crate::domain::resource::ChatSpec::default();
                     c.tools.deny = vec!["t".into(); limits::MAX_TOOL_PATTERNS + 1];
                     s.spec.chat = Some(c);
                 }),
