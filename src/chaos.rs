@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::client::{Backend, ClientError};
+use crate::cli::backend::Backend;
+use crate::client::ClientError;
 use crate::domain::plan::ContainerState;
 use crate::domain::resource::Phase;
 use crate::domain::selector::Selector;
@@ -246,7 +247,7 @@ pub async fn run(
     let end = Instant::now() + cfg.duration;
     while Instant::now() < end {
         let tick = Instant::now();
-        let (sessions, _) = backend.list().await?;
+        let (sessions, _, _) = backend.list("").await?;
         let candidates: Vec<_> = sessions
             .iter()
             .filter(|s| cfg.selector.matches(&s.metadata.labels) && s.phase() == Phase::Running)
@@ -295,7 +296,7 @@ pub async fn run(
     }
     // Quiet period, then: no orphans, no duplicates, every selected session Running.
     tokio::time::sleep(cfg.quiet).await;
-    let (sessions, _) = backend.list().await?;
+    let (sessions, _, _) = backend.list("").await?;
     let names: HashMap<&str, &crate::domain::resource::Session> =
         sessions.iter().map(|s| (s.name(), s)).collect();
     let containers = runtime.list(None, false).await?;

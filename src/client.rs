@@ -1,5 +1,5 @@
-//! A client of the HTTP API (reqwest), and [`Backend`]: the CLI's view of desired state,
-//! either Redis directly or a remote `serve` over HTTP (`--server`/`ORCHESTRATOR_URL`).
+//! A client of the HTTP API (reqwest): what the CLI's `--server` mode, `chat` and `chaos`
+//! use to talk to a running `serve`.
 
 use std::time::Duration;
 
@@ -7,10 +7,9 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::domain::contract::Policy;
 use crate::domain::resource::Session;
-use crate::ops::{self, Applied, OpsError, PatchRequest, PatchType};
-use crate::store::{EventType, SessionEvent, Store, StoreError, Watch, WatchEvent};
+use crate::ops::{Applied, OpsError, PatchRequest, PatchType};
+use crate::store::{EventType, SessionEvent, StoreError, WatchEvent};
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +39,12 @@ pub enum ClientError {
     /// An operation error (when the backend is Redis).
     #[error(transparent)]
     Ops(#[from] OpsError),
+    /// A label selector does not parse.
+    #[error(transparent)]
+    Selector(#[from] crate::domain::selector::SelectorError),
+    /// The Docker engine failed (`logs` and `describe` in Redis mode read it directly).
+    #[error(transparent)]
+    Docker(#[from] crate::runtime::RuntimeError),
     /// The answer was not what the API promises.
     #[error("unexpected answer from the API: {0}")]
     Protocol(String),
@@ -129,17 +134,21 @@ impl ApiClient {
 
     /// Every session and the list's revision.
     pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
-        let (items, rv, _) = self.list_full().await?;
+        let (items, rv, _) = self.list_full(None).await?;
         Ok((items, rv))
     }
 
-    /// Every session, the list's revision, and the stored objects the server set aside.
+    /// Every session (matching `selector`, a label selector the server evaluates), the
+    /// list's revision, and the stored objects the server set aside.
     pub async fn list_full(
         &self,
+        selector: Option<&str>,
     ) -> Result<(Vec<Session>, u64, Vec<crate::store::Unreadable>), ClientError> {
-        let r = self
-            .send(Method::GET, "/api/v1/sessions", None, None)
-            .await?;
+        let path = match selector.filter(|s| !s.trim().is_empty()) {
+            Some(sel) => format!("/api/v1/sessions?{}", query(&[("labelSelector", sel)])),
+            None => "/api/v1/sessions".to_string(),
+        };
+        let r = self.send(Method::GET, &path, None, None).await?;
         let v: Value = Self::json(r).await?;
         let rv = v["metadata"]["resourceVersion"]
             .as_str()
@@ -251,6 +260,53 @@ impl ApiClient {
         {
             Ok(r) => Ok(Some(Self::json(r).await?)),
             Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ask for a rollout restart; `None` when the session does not exist.
+    pub async fn restart(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        let path = format!("/api/v1/sessions/{name}/restart");
+        match self.send(Method::POST, &path, None, None).await {
+            Ok(r) => Ok(Some(Self::json(r).await?)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The contract policy the server admits with.
+    pub async fn policy(&self) -> Result<crate::domain::contract::PublishedPolicy, ClientError> {
+        let r = self.send(Method::GET, "/api/v1/policy", None, None).await?;
+        let p: crate::domain::contract::PublishedPolicy = Self::json(r).await?;
+        p.checked().map_err(ClientError::Protocol)
+    }
+
+    /// The stderr of the session's sandbox, as it arrives (`None`: no container).
+    pub async fn logs(
+        &self,
+        name: &str,
+        q: &crate::runtime::LogQuery,
+    ) -> Result<
+        Option<futures::stream::BoxStream<'static, Result<bytes::Bytes, ClientError>>>,
+        ClientError,
+    > {
+        let (tail, since) = (
+            q.tail.map(|n| n.to_string()),
+            q.since.map(|t| t.to_rfc3339()),
+        );
+        let mut pairs = vec![("follow", if q.follow { "true" } else { "false" })];
+        pairs.extend(tail.as_deref().map(|t| ("tailLines", t)));
+        pairs.extend(since.as_deref().map(|t| ("sinceTime", t)));
+        let path = format!("/api/v1/sessions/{name}/log?{}", query(&pairs));
+        match self.send(Method::GET, &path, None, None).await {
+            Ok(r) => Ok(Some(
+                r.bytes_stream()
+                    .map(|b| b.map_err(|e| ClientError::Protocol(e.to_string())))
+                    .boxed(),
+            )),
+            Err(ClientError::Api {
+                code: 404, reason, ..
+            }) if reason == "NoContainer" => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -392,131 +448,18 @@ impl ChatStream {
     }
 }
 
-/// Where the CLI reads and writes desired state.
-// One value per CLI invocation: the size difference between the variants does not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum Backend {
-    /// Redis directly, with this contract policy for admission.
-    Store(Store, Policy),
-    /// A remote `serve`.
-    Http(ApiClient),
-}
-
-/// A watch on either backend.
-pub enum AnyWatch {
-    /// The Redis stream.
-    Store(Watch),
-    /// The API's SSE.
-    Http(HttpWatch),
-}
-
-impl AnyWatch {
-    /// Wait up to `block` for events.
-    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
-        match self {
-            AnyWatch::Store(w) => Ok(w.next_batch(block).await?),
-            AnyWatch::Http(w) => w.next_batch(block).await,
-        }
+impl crate::ops::Changes for HttpWatch {
+    type Error = ClientError;
+    async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        HttpWatch::next_batch(self, block).await
     }
 }
 
-impl Backend {
-    /// One session, or `None`.
-    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        match self {
-            Backend::Store(s, _) => Ok(s.get(name).await?),
-            Backend::Http(c) => c.get(name).await,
-        }
-    }
-
-    /// Every session and the list's revision.
-    pub async fn list(&self) -> Result<(Vec<Session>, u64), ClientError> {
-        let (sessions, revision, _) = self.list_full().await?;
-        Ok((sessions, revision))
-    }
-
-    /// Every session, the list's revision, and the stored objects that could not be
-    /// decoded (set aside, see [`crate::store::Unreadable`]).
-    pub async fn list_full(
-        &self,
-    ) -> Result<(Vec<Session>, u64, Vec<crate::store::Unreadable>), ClientError> {
-        match self {
-            Backend::Store(s, _) => {
-                let snap = s.list().await?;
-                Ok((snap.sessions, snap.revision, snap.unreadable))
-            }
-            Backend::Http(c) => c.list_full().await,
-        }
-    }
-
-    /// Create or update, as the CLI.
-    pub async fn apply(
-        &self,
-        s: &Session,
-        dry_run: bool,
-    ) -> Result<(Applied, Session), ClientError> {
-        match self {
-            Backend::Store(store, policy) => {
-                Ok(ops::apply(store, policy, s, "cli", dry_run).await?)
-            }
-            Backend::Http(c) => c.apply(s, dry_run).await,
-        }
-    }
-
-    /// Patch, as the CLI.
-    pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<(Applied, Session), ClientError> {
-        match self {
-            Backend::Store(store, policy) => Ok(ops::patch(store, policy, "cli", req).await?),
-            Backend::Http(c) => {
-                let before = c.get(req.name).await?;
-                let after = c.patch(req).await?;
-                let same = before.is_some_and(|b| {
-                    b.metadata.resource_version == after.metadata.resource_version
-                });
-                Ok((
-                    if same {
-                        Applied::Unchanged
-                    } else {
-                        Applied::Configured
-                    },
-                    after,
-                ))
-            }
-        }
-    }
-
-    /// Delete, as the CLI; `None` when it did not exist.
-    pub async fn delete(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        match self {
-            Backend::Store(store, _) => match ops::delete(store, name, None, "cli").await {
-                Ok(s) => Ok(Some(s)),
-                Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
-                Err(e) => Err(e.into()),
-            },
-            Backend::Http(c) => c.delete(name).await,
-        }
-    }
-
-    /// The session's recent events.
-    pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
-        match self {
-            Backend::Store(s, _) => Ok(s.events(name).await?),
-            Backend::Http(c) => c.events(name).await,
-        }
-    }
-
-    /// Watch every session after `revision`.
-    pub async fn watch(&self, revision: u64) -> Result<AnyWatch, ClientError> {
-        match self {
-            Backend::Store(s, _) => Ok(AnyWatch::Store(s.watch(revision).await?)),
-            Backend::Http(c) => Ok(AnyWatch::Http(c.watch(revision).await?)),
-        }
-    }
-
-    /// True for a remote backend.
-    pub fn is_remote(&self) -> bool {
-        matches!(self, Backend::Http(_))
-    }
+/// A URL query string from pairs, percent-encoded.
+fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 impl ClientError {

@@ -36,6 +36,7 @@ pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;
+pub mod server;
 pub mod specs;
 pub mod store;
 pub mod supervise;

@@ -1,5 +1,5 @@
-//! Desired-state operations shared by every front end (CLI today, HTTP and the specs
-//! directory later): apply, patch, delete. Each runs admission first and writes through the
+//! Desired-state operations shared by every front end (the CLI, the HTTP API and the specs
+//! directory): apply, patch, delete, and waiting for a condition. Each runs admission first and writes through the
 //! store's compare-and-swap, so there is one path for validation and the sandbox contract.
 
 use serde_json::Value;
@@ -8,7 +8,7 @@ use crate::domain::admission::{self, AdmissionError};
 use crate::domain::contract::Policy;
 use crate::domain::limits::{self, human_bytes};
 use crate::domain::parse::{self, Origin, ParseError};
-use crate::domain::resource::{SOURCE_ANNOTATION, Session};
+use crate::domain::resource::{RESTARTED_AT_ANNOTATION, SOURCE_ANNOTATION, Session};
 use crate::store::{Store, StoreError};
 
 /// Operation failures.
@@ -108,6 +108,13 @@ pub fn merged(current: Option<&Session>, desired: &Session, source: &str) -> Ses
             next.status = cur.status.clone();
             if desired.metadata.resource_version.is_none() {
                 next.metadata.resource_version = cur.metadata.resource_version.clone();
+            }
+            // The restart marker stays unless the write sets one (as `kubectl apply` keeps
+            // a rollout's restartedAt): re-applying a file does not undo a restart.
+            if let (Some(m), None) = (cur.restarted_at(), desired.restarted_at()) {
+                next.metadata
+                    .annotations
+                    .insert(RESTARTED_AT_ANNOTATION.to_string(), m.to_string());
             }
             // The source is bookkeeping: it cannot be changed by a write.
             match cur.source() {
@@ -444,6 +451,55 @@ pub async fn delete(
     }))
 }
 
+/// A rollout restart (`restart NAME`, `POST .../restart`): set the session's restart marker
+/// ([`RESTARTED_AT_ANNOTATION`]) to now, which moves its generation and changes its
+/// sandbox's hash, so the controller replaces the sandbox; recorded as a `Restarted` event.
+/// Allowed whoever owns the session (it changes no desired setting), retried on a lost race.
+pub async fn restart(store: &Store, name: &str, writer: &str) -> Result<Session, OpsError> {
+    for _ in 0..5 {
+        let Some(mut s) = store.get(name).await? else {
+            return Err(StoreError::NotFound(name.to_string()).into());
+        };
+        let now = chrono::Utc::now();
+        let fresh = !s.metadata.annotations.contains_key(RESTARTED_AT_ANNOTATION);
+        if fresh && s.metadata.annotations.len() >= limits::MAX_ANNOTATIONS {
+            return Err(OpsError::Patch(format!(
+                "session {name:?} has {} annotations already, the most allowed",
+                limits::MAX_ANNOTATIONS
+            )));
+        }
+        s.metadata.annotations.insert(
+            RESTARTED_AT_ANNOTATION.to_string(),
+            now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        );
+        match store.update(&s).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(updated) => {
+                let event = crate::store::SessionEvent {
+                    time: now,
+                    type_: "Normal".into(),
+                    reason: "Restarted".into(),
+                    message: format!(
+                        "restart requested by {writer} (generation {})",
+                        updated.generation()
+                    ),
+                };
+                // The restart happened; an event that cannot be written is only logged.
+                if let Err(e) = store.record_event(name, &event).await {
+                    tracing::warn!(session = name, error = %e, "cannot record the restart event");
+                }
+                return Ok(updated);
+            }
+        }
+    }
+    Err(OpsError::Store(StoreError::Conflict {
+        name: name.to_string(),
+        expected: "latest".into(),
+        current: "changing too fast".into(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,4 +580,74 @@ mod tests {
         let fresh = merged(None, &owned_by("file:/etc/x"), "cli");
         assert_eq!(fresh.source(), Some("cli"));
     }
+}
+
+/// A stream of store changes to wait on: the store's own watch ([`crate::store::Watch`]),
+/// or the API's SSE watch ([`crate::client::HttpWatch`]).
+pub trait Changes {
+    /// The source's error.
+    type Error;
+    /// The changes that arrive within `block` (maybe none).
+    fn next_batch(
+        &mut self,
+        block: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<crate::store::WatchEvent>, Self::Error>> + Send;
+}
+
+impl Changes for crate::store::Watch {
+    type Error = StoreError;
+    async fn next_batch(
+        &mut self,
+        block: std::time::Duration,
+    ) -> Result<Vec<crate::store::WatchEvent>, StoreError> {
+        crate::store::Watch::next_batch(self, block).await
+    }
+}
+
+/// How a [`wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Nothing is pending any more.
+    Done,
+    /// The deadline passed first.
+    TimedOut,
+    /// The cancellation token fired first.
+    Cancelled,
+}
+
+/// The one wait loop (CLI `apply --wait` and `wait`, API `?wait=`): feed every change of a
+/// waited-for session to the pure [`Waiter`](crate::domain::wait::Waiter) until nothing is
+/// pending, the deadline passes or `cancel` fires. `on` sees each step of progress. The
+/// caller observes the current objects first (the watch must start at the revision of the
+/// list it observed, so nothing between falls through).
+pub async fn wait<C: Changes>(
+    changes: &mut C,
+    waiter: &mut crate::domain::wait::Waiter,
+    deadline: tokio::time::Instant,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut on: impl FnMut(&str, &crate::domain::wait::Progress),
+) -> Result<WaitEnd, C::Error> {
+    use crate::store::EventType;
+    while !waiter.done() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Ok(WaitEnd::TimedOut);
+        }
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return Ok(WaitEnd::Cancelled),
+            b = changes.next_batch(left.min(std::time::Duration::from_secs(5))) => b?,
+        };
+        for ev in batch {
+            let current = match ev.kind {
+                EventType::Deleted => None,
+                // An unreadable object says nothing about the condition.
+                _ if ev.object.is_none() => continue,
+                _ => ev.object.as_ref(),
+            };
+            if let Some(p) = waiter.observe(&ev.name, current) {
+                on(&ev.name, &p);
+            }
+        }
+    }
+    Ok(WaitEnd::Done)
 }

@@ -23,6 +23,17 @@ use crate::domain::contract::{
 };
 use crate::domain::plan::{ContainerState, ExitInfo, Observed};
 
+/// Which part of a sandbox's stderr to read ([`Runtime::session_stderr`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Keep streaming new lines until the container stops (or the reader goes away).
+    pub follow: bool,
+    /// Only the last this many lines.
+    pub tail: Option<u64>,
+    /// Only lines written at or after this time.
+    pub since: Option<DateTime<Utc>>,
+}
+
 /// Docker failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -220,6 +231,49 @@ impl Runtime {
                 Some((c.id?, name.trim_start_matches('/').to_string()))
             })
             .collect())
+    }
+
+    /// The stderr of the session's sandbox (its stdout is the MCP protocol stream and is
+    /// never read here): the container the status names if it is one of this instance's
+    /// managed containers of that session, else the session's newest one. `None` when the
+    /// session has no container. Stdout frames are dropped even if an engine sent them.
+    pub async fn session_stderr(
+        &self,
+        session: &str,
+        preferred: Option<&str>,
+        query: &LogQuery,
+    ) -> Result<
+        Option<impl Stream<Item = Result<bytes::Bytes, RuntimeError>> + Send + use<>>,
+        RuntimeError,
+    > {
+        let mut mine = self.list(Some(session), false).await?;
+        mine.sort_by_key(|c| std::cmp::Reverse(c.created));
+        let Some(id) = preferred
+            .and_then(|p| mine.iter().find(|c| c.id == p))
+            .or(mine.first())
+            .map(|c| c.id.clone())
+        else {
+            return Ok(None);
+        };
+        let mut options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .stdout(false)
+            .stderr(true)
+            .follow(query.follow)
+            .tail(&query.tail.map_or("all".to_string(), |n| n.to_string()));
+        if let Some(since) = query.since {
+            options = options.since(i32::try_from(since.timestamp()).unwrap_or(i32::MAX));
+        }
+        let stream = self
+            .docker
+            .logs(&id, Some(options.build()))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => Some(Ok(message)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(RuntimeError::Docker(e))),
+                }
+            });
+        Ok(Some(stream))
     }
 
     /// Full inspect of one container.

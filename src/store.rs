@@ -84,6 +84,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// The published policy cannot be used (oversize, undecodable, out of range).
+    #[error("the policy published in the store is unusable: {0}")]
+    BadPolicy(String),
     /// The watch fell behind the stream (trimmed): relist.
     #[error("watch position {0} is no longer available; relist")]
     Gone(u64),
@@ -348,6 +351,42 @@ impl Store {
         Ok(())
     }
 
+    /// Publish the policy this `serve` admits with, so that CLIs admit with the same.
+    pub async fn publish_policy(
+        &self,
+        p: &crate::domain::contract::PublishedPolicy,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let json = serde_json::to_string(p).map_err(|e| StoreError::BadPolicy(e.to_string()))?;
+        let _: () = con.set(self.policy_key(), json).await?;
+        Ok(())
+    }
+
+    /// The policy a `serve` published, `None` when none did. Bounded and checked: an
+    /// oversize, undecodable or out-of-range value is [`StoreError::BadPolicy`].
+    pub async fn published_policy(
+        &self,
+    ) -> Result<Option<crate::domain::contract::PublishedPolicy>, StoreError> {
+        let mut con = self.con.clone();
+        let corrupt = StoreError::BadPolicy;
+        let len: usize = con.strlen(self.policy_key()).await?;
+        if len == 0 {
+            return Ok(None);
+        }
+        if len > crate::domain::limits::MAX_POLICY_BYTES {
+            return Err(corrupt(format!("{len} bytes is too large")));
+        }
+        let json: Option<String> = con.get(self.policy_key()).await?;
+        let Some(json) = json else { return Ok(None) };
+        let p: crate::domain::contract::PublishedPolicy =
+            serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+        p.checked().map(Some).map_err(corrupt)
+    }
+
+    fn policy_key(&self) -> String {
+        format!("{}:policy", self.keys.prefix)
+    }
+
     fn hold_key(&self) -> String {
         format!("{}:orphan-hold", self.keys.prefix)
     }
@@ -531,7 +570,7 @@ impl Store {
         next.metadata.resource_version = Some(current_rv.clone());
         next.status = current.status.clone();
         next.metadata.generation =
-            Some(current.generation() + i64::from(next.spec != current.spec));
+            Some(current.generation() + i64::from(next.template_differs(&current)));
         if next == current {
             return Ok(current);
         }

@@ -52,7 +52,8 @@ pub const LOG_MAX_FILES: &str = "3";
 pub const NOFILE: i64 = 1024;
 
 /// Configurable bounds of the contract. The hardening itself is not configurable.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     /// Image patterns (see [`ImagePattern`]), matched against the parsed, normalised image
     /// reference. Default `mcp-server:*`: repository `mcp-server` on the default registry,
@@ -92,6 +93,48 @@ impl Default for Policy {
     }
 }
 
+/// The policy a `serve` admits with, as it publishes it (in the store and at
+/// `GET /api/v1/policy`) so that every CLI admits with the same one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedPolicy {
+    /// The policy.
+    pub policy: Policy,
+    /// Who published it (`serve` on which host, which process).
+    pub publisher: String,
+    /// The orchestrator instance of the publisher (names its containers).
+    #[serde(default)]
+    pub instance: String,
+    /// When.
+    pub published_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PublishedPolicy {
+    /// Check a policy read from outside (the store, the API) before it is used: the
+    /// allowlist patterns parse and the numbers are in range.
+    pub fn checked(self) -> Result<PublishedPolicy, String> {
+        let p = &self.policy;
+        self.policy.check_patterns()?;
+        let positive = [
+            p.default_memory,
+            p.max_memory,
+            p.default_nano_cpus,
+            p.max_nano_cpus,
+            p.default_pids,
+            p.max_pids,
+        ];
+        if positive.iter().any(|v| *v <= 0)
+            || p.default_memory > p.max_memory
+            || p.default_nano_cpus > p.max_nano_cpus
+            || p.default_pids > p.max_pids
+            || p.allowed_images.len() > crate::domain::limits::MAX_ALLOWED_IMAGES
+        {
+            return Err("the published policy is out of range".into());
+        }
+        Ok(self)
+    }
+}
+
 /// One thing a spec asked for that is invalid or outside the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
@@ -128,6 +171,9 @@ pub struct Sandbox {
     pub user: String,
     /// tmpfs size for /tmp.
     pub tmp_size: String,
+    /// The session's restart marker: not part of the container, but of its hash, so a new
+    /// marker recreates the sandbox. `None` leaves the hash as it always was.
+    pub restart_marker: Option<String>,
 }
 
 /// Identity of the container to build: which session, which instance.
@@ -343,7 +389,19 @@ impl Policy {
             pids,
             user,
             tmp_size: self.tmp_size.clone(),
+            restart_marker: None,
         })
+    }
+
+    /// [`Policy::sandbox`] for a whole session: its spec plus its restart marker (see
+    /// [`crate::domain::resource::RESTARTED_AT_ANNOTATION`]). What the planner and `diff` use.
+    pub fn session_sandbox(
+        &self,
+        session: &crate::domain::resource::Session,
+    ) -> Result<Sandbox, Vec<Violation>> {
+        let mut sb = self.sandbox(&session.spec)?;
+        sb.restart_marker = session.restarted_at().map(str::to_string);
+        Ok(sb)
     }
 }
 
@@ -352,7 +410,7 @@ impl Sandbox {
     /// session; the spec-hash label covers everything else in the body.
     pub fn container_body(&self, id: &Identity<'_>) -> ContainerCreateBody {
         let mut body = self.unlabelled_body();
-        let hash = hash_body(&body);
+        let hash = hash_body(&body, self.restart_marker.as_deref());
         let labels = HashMap::from([
             (LABEL_SESSION.to_string(), id.session.to_string()),
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
@@ -368,7 +426,7 @@ impl Sandbox {
 
     /// The hash that [`LABEL_SPEC_HASH`] carries for this sandbox.
     pub fn spec_hash(&self) -> String {
-        hash_body(&self.unlabelled_body())
+        hash_body(&self.unlabelled_body(), self.restart_marker.as_deref())
     }
 
     fn unlabelled_body(&self) -> ContainerCreateBody {
@@ -443,12 +501,16 @@ impl Sandbox {
     }
 }
 
-fn hash_body(body: &ContainerCreateBody) -> String {
+fn hash_body(body: &ContainerCreateBody, restart_marker: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(CONTRACT_VERSION.as_bytes());
     // The body holds hash maps (tmpfs, log options): hash a canonical form, keys sorted.
     let value = serde_json::to_value(body).unwrap_or_default();
     h.update(canonical_json(&value).as_bytes());
+    if let Some(m) = restart_marker {
+        h.update(b"\0restartedAt=");
+        h.update(m.as_bytes());
+    }
     hex::encode(&h.finalize()[..8])
 }
 

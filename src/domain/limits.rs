@@ -84,6 +84,10 @@ pub const MAX_TOOL_PATTERN_BYTES: usize = 128;
 
 /// Most operations in one RFC 6902 JSON patch.
 pub const MAX_PATCH_OPS: usize = 1_000;
+/// Most image allowlist patterns in a policy, and bytes of a published policy.
+pub const MAX_ALLOWED_IMAGES: usize = 256;
+/// Largest published policy read back from the store or the API.
+pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// Largest patch document, serialized, in bytes (the same as any input).
 pub const MAX_PATCH_BYTES: usize = MAX_INPUT_BYTES;
 
@@ -91,6 +95,21 @@ pub const MAX_PATCH_BYTES: usize = MAX_INPUT_BYTES;
 pub const MIN_FLAG_DURATION: Duration = Duration::from_millis(1);
 /// Longest duration a command-line flag or variable may give (7 days).
 pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A duration flag or variable: humantime syntax (`30s`, `1h`), within
+/// [`MIN_FLAG_DURATION`]..=[`MAX_FLAG_DURATION`] (so `0s` is a config error).
+pub fn flag_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{}: {e}", echo(s)))?;
+    if !(MIN_FLAG_DURATION..=MAX_FLAG_DURATION).contains(&d) {
+        return Err(format!(
+            "{} is outside {}..={}",
+            echo(s),
+            humantime::format_duration(MIN_FLAG_DURATION),
+            humantime::format_duration(MAX_FLAG_DURATION)
+        ));
+    }
+    Ok(d)
+}
 
 /// How many characters of one input value an error message quotes.
 pub const MAX_ECHO_CHARS: usize = 64;
@@ -176,6 +195,21 @@ pub fn human_bytes(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_flags_are_bounded() {
+        use std::time::Duration;
+        assert_eq!(flag_duration("30s"), Ok(Duration::from_secs(30)));
+        assert!(flag_duration("0s").unwrap_err().contains("outside"));
+        assert!(flag_duration("8days").unwrap_err().contains("outside"));
+        assert!(flag_duration("1000000000000h").is_err());
+        assert!(
+            !flag_duration("\u{1b}x")
+                .unwrap_err()
+                .chars()
+                .any(char::is_control)
+        );
+    }
 
     #[test]
     fn escaping_removes_every_control_character() {

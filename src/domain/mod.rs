@@ -12,6 +12,7 @@
 //! - [`plan`]: the planning core, desired + observed → actions.
 //! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
 //! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
+//! - [`wait`]: what waiting for a phase or a deletion means, decided per observation.
 
 pub mod admission;
 pub mod contract;
@@ -22,3 +23,4 @@ pub mod plan;
 pub mod queue;
 pub mod resource;
 pub mod selector;
+pub mod wait;

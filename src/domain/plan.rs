@@ -329,7 +329,7 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
         out.requeue_after = (expiry - input.now).to_std().ok();
     }
 
-    let sandbox = match s.policy.sandbox(&session.spec) {
+    let sandbox = match s.policy.session_sandbox(session) {
         Ok(sb) => sb,
         Err(violations) => {
             remove_all(&mut out, RemoveReason::ContractViolation);

@@ -16,6 +16,10 @@ pub const API_VERSION: &str = "orchestrator.mcp.dev/v1";
 pub const KIND: &str = "Session";
 /// Annotation recording where a session came from (`cli`, `api`, or `file:<path>`).
 pub const SOURCE_ANNOTATION: &str = "orchestrator.mcp.dev/source";
+/// Annotation that `restart` sets to the time of the request: the sandbox's spec hash
+/// covers it, so a new value recreates the sandbox (a rollout restart), and it moves the
+/// generation like a spec change.
+pub const RESTARTED_AT_ANNOTATION: &str = "orchestrator.mcp.dev/restartedAt";
 
 /// A desired MCP sandbox, one per chat session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
@@ -317,6 +321,36 @@ impl Session {
     /// The phase, `Pending` when no status was written yet.
     pub fn phase(&self) -> Phase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// The restart marker ([`RESTARTED_AT_ANNOTATION`]), if a restart was requested.
+    pub fn restarted_at(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .get(RESTARTED_AT_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    /// True when `other` asks for a different sandbox than `self`: another spec, or another
+    /// restart marker. Such a write moves the generation.
+    pub fn template_differs(&self, other: &Session) -> bool {
+        self.spec != other.spec || self.restarted_at() != other.restarted_at()
+    }
+
+    /// True when the status describes the current spec (observed at this generation).
+    pub fn is_current(&self) -> bool {
+        self.status.as_ref().and_then(|st| st.observed_generation) >= self.metadata.generation
+    }
+
+    /// Ready: Running at the current generation. The one readiness test (CLI, API, chaos).
+    pub fn is_ready(&self) -> bool {
+        self.phase() == Phase::Running && self.is_current()
+    }
+
+    /// Finished for good at the current generation (Failed or Succeeded): waiting for
+    /// Running is pointless until the spec changes.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.phase(), Phase::Failed | Phase::Succeeded) && self.is_current()
     }
 
     /// When the session expires, if it has a ttl and a creation time. Never panics: a ttl

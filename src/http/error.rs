@@ -151,6 +151,9 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
                     .with_details(json!({"name": name}))
             }
+            StoreError::BadPolicy(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
+            }
         }
     }
 }

@@ -14,12 +14,12 @@ mod sessions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -34,7 +34,7 @@ pub use limits::{Limits, MAX_REQUEST_TIMEOUT};
 pub use openapi::openapi_json;
 
 use crate::controller::Handle;
-use crate::domain::contract::Policy;
+use crate::domain::contract::{Policy, PublishedPolicy};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -57,10 +57,18 @@ struct Inner {
     controller: Option<Handle>,
     shutdown: CancellationToken,
     chat: std::sync::OnceLock<Arc<crate::chat::service::ChatService>>,
+    published: std::sync::OnceLock<PublishedPolicy>,
     streams: limits::Streams,
 }
 
 impl AppState {
+    /// Serve this publication of the policy at `GET /api/v1/policy` (by default: the
+    /// state's policy, published by "this server" when the state was made).
+    pub fn with_published_policy(self, p: PublishedPolicy) -> AppState {
+        let _ = self.inner.published.set(p);
+        self
+    }
+
     /// Enable the chat routes with this service.
     pub fn with_chat(self, chat: Arc<crate::chat::service::ChatService>) -> AppState {
         let _ = self.inner.chat.set(chat);
@@ -91,6 +99,7 @@ impl AppState {
                 controller,
                 shutdown,
                 chat: std::sync::OnceLock::new(),
+                published: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -146,6 +155,7 @@ pub fn router(state: AppState) -> Router {
     let api = sessions::routes()
         .merge(chat::routes())
         .route("/metrics", get(metrics))
+        .route("/api/v1/policy", get(policy))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
@@ -159,6 +169,24 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(json_errors))
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .with_state(state)
+}
+
+/// `GET /api/v1/policy`: the contract policy this server admits with, so that a CLI talking
+/// to it (`--server`) validates files with the same one before sending them.
+#[utoipa::path(get, path = "/api/v1/policy", tag = "sessions",
+    responses((status = 200, description = "The policy, its publisher and when it was published")))]
+pub(super) async fn policy(State(st): State<AppState>) -> Json<PublishedPolicy> {
+    Json(
+        st.inner
+            .published
+            .get_or_init(|| PublishedPolicy {
+                policy: st.inner.policy.clone(),
+                publisher: "this server".into(),
+                instance: st.inner.runtime.instance().to_string(),
+                published_at: chrono::Utc::now(),
+            })
+            .clone(),
+    )
 }
 
 /// Serve `router(state)` on `listener` until `shutdown`, then wait at most the grace period

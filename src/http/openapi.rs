@@ -18,6 +18,7 @@ use crate::domain::resource::{
     paths(
         sessions::list, sessions::create, sessions::read, sessions::replace, sessions::patch,
         sessions::remove, sessions::status, sessions::events, sessions::container,
+        sessions::restart, sessions::log, super::policy,
         chat::chat, chat::messages, chat::clear,
         super::healthz, super::readyz, super::metrics, super::openapi,
     ),

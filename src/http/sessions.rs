@@ -23,7 +23,8 @@ use super::{ApiError, AppState, Status};
 use crate::domain::parse;
 use crate::domain::resource::{API_VERSION, Phase, Session, SessionStatus};
 use crate::domain::selector::Selector;
-use crate::ops::{self, Applied, PatchRequest, PatchType};
+use crate::domain::wait::{Condition, Progress, Waiter};
+use crate::ops::{self, Applied, PatchRequest, PatchType, WaitEnd};
 use crate::store::{EventType, StoreError};
 
 const SOURCE: &str = "api";
@@ -38,6 +39,11 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/sessions/{name}/status", get(status))
         .route("/api/v1/sessions/{name}/events", get(events))
         .route("/api/v1/sessions/{name}/container", get(container))
+        .route(
+            "/api/v1/sessions/{name}/restart",
+            axum::routing::post(restart),
+        )
+        .route("/api/v1/sessions/{name}/log", get(log))
 }
 
 /// A list of sessions.
@@ -545,6 +551,111 @@ pub(super) async fn remove(
     Ok(Json(&s).into_response())
 }
 
+/// A rollout restart: the sandbox is recreated (its restart marker moves the generation and
+/// the spec hash); recorded as a `Restarted` event.
+#[utoipa::path(post, path = "/api/v1/sessions/{name}/restart", tag = "sessions", params(("name" = String, Path, description = "Session name")),
+    responses(
+        (status = 200, description = "Restart requested; the session as stored", body = Session),
+        (status = 404, description = "No such session", body = Status)))]
+pub(super) async fn restart(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = ops::restart(&st.inner.store, &name, SOURCE).await?;
+    Ok(Json(&s).into_response())
+}
+
+/// Query of `log` (Kubernetes' names).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct LogParams {
+    /// Keep the stream open for new lines until the sandbox stops.
+    #[serde(default)]
+    follow: bool,
+    /// Only the last N lines (at most 1 000 000).
+    tail_lines: Option<u64>,
+    /// Only lines of the last N seconds.
+    since_seconds: Option<u64>,
+    /// Only lines at or after this RFC 3339 time.
+    since_time: Option<String>,
+}
+
+/// The sandbox's stderr as plain text (its stdout is the MCP protocol stream and is never
+/// shown). A follow holds a watch slot (429 when none is left) and ends on shutdown.
+#[utoipa::path(get, path = "/api/v1/sessions/{name}/log", tag = "sessions", params(("name" = String, Path, description = "Session name"), LogParams),
+    responses(
+        (status = 200, description = "The sandbox's stderr", content_type = "text/plain"),
+        (status = 404, description = "No session (NotFound) or no sandbox yet (NoContainer)", body = Status)))]
+pub(super) async fn log(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    q: Result<Query<LogParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", m);
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    if q.tail_lines.is_some_and(|n| n > 1_000_000) {
+        return Err(bad("tailLines: at most 1000000".into()));
+    }
+    let since = match (q.since_seconds, q.since_time.as_deref()) {
+        (Some(_), Some(_)) => return Err(bad("give sinceSeconds or sinceTime, not both".into())),
+        (Some(secs), None) => Some(
+            chrono::Utc::now()
+                - chrono::Duration::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+                    .ok_or_else(|| bad("sinceSeconds is too large".into()))?,
+        ),
+        (None, Some(t)) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|e| bad(format!("sinceTime: {e}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, None) => None,
+    };
+    let s = get_session(&st, &name).await?;
+    let permit = if q.follow {
+        Some(st.inner.streams.acquire(StreamKind::Watch)?)
+    } else {
+        None
+    };
+    let query = crate::runtime::LogQuery {
+        follow: q.follow,
+        tail: q.tail_lines,
+        since,
+    };
+    let preferred = s.status.as_ref().and_then(|x| x.container_id.clone());
+    let stream = st
+        .inner
+        .runtime
+        .session_stderr(&name, preferred.as_deref(), &query)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DockerUnavailable",
+                e.to_string(),
+            )
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NoContainer",
+                format!("session {name:?} has no sandbox yet"),
+            )
+        })?;
+    use futures::StreamExt;
+    let body = stream
+        .map(move |chunk| {
+            // The slot is held as long as the body streams.
+            let _ = &permit;
+            chunk.map_err(std::io::Error::other)
+        })
+        .take_until(st.inner.shutdown.clone().cancelled_owned());
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
 /// The session's status (phase `Pending` before the first reconcile).
 #[utoipa::path(get, path = "/api/v1/sessions/{name}/status", tag = "sessions", params(("name" = String, Path, description = "Session name")),
     responses((status = 200, description = "Status", body = SessionStatus), (status = 404, description = "No such session", body = Status)))]
@@ -591,16 +702,6 @@ pub(super) async fn container(
         )
     })?;
     Ok(Json(crate::runtime::summary(&info)).into_response())
-}
-
-fn is_ready(s: &Session) -> bool {
-    s.phase() == Phase::Running
-        && s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
-}
-
-fn is_terminal(s: &Session) -> bool {
-    matches!(s.phase(), Phase::Failed | Phase::Succeeded)
-        && s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
 }
 
 /// What `?wait=` asked for, checked before anything is written: the timeout (bounded) and
@@ -651,59 +752,58 @@ async fn maybe_wait(
     let store = &st.inner.store;
     let name = s.name().to_string();
     let revision = store.revision().await?;
-    let mut current = get_session(st, &name).await?;
-    if is_ready(&current) || is_terminal(&current) {
-        return Ok(current);
-    }
+    let current = get_session(st, &name).await?;
+    let mut waiter = Waiter::new(Condition::Phase(Phase::Running), [name.clone()]);
+    let mut last = match waiter.observe(&name, Some(&current)) {
+        Some(Progress::Met(_) | Progress::Unreachable(..)) => return Ok(current),
+        _ => current,
+    };
     let mut watch = store.watch(revision).await?;
-    let now = tokio::time::Instant::now();
     // `request_duration` bounds the timeout; checked anyway, never an Instant overflow.
-    let deadline = now.checked_add(timeout).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "timeout is too large",
+    let deadline = tokio::time::Instant::now()
+        .checked_add(timeout)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "timeout is too large",
+            )
+        })?;
+    let mut end = None;
+    let outcome = ops::wait(
+        &mut watch,
+        &mut waiter,
+        deadline,
+        &st.inner.shutdown,
+        |_, p| match p {
+            Progress::Met(s) | Progress::Unreachable(_, s) => end = Some(s.clone()),
+            Progress::Changed(..) => {}
+        },
+    )
+    .await?;
+    match (outcome, end) {
+        (WaitEnd::Done, Some(Some(s))) => Ok(*s),
+        (WaitEnd::Done, _) => Err(StoreError::NotFound(name).into()),
+        (WaitEnd::Cancelled, _) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ShuttingDown",
+            "the server is shutting down",
         )
-    })?;
-    let shutdown = st.inner.shutdown.clone();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(ApiError::new(
+        .with_retry_after(1)),
+        (WaitEnd::TimedOut, _) => {
+            if let Ok(now) = get_session(st, &name).await {
+                last = now;
+            }
+            Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",
                 format!(
                     "session {name:?} is not Running after {} (phase {})",
                     humantime::format_duration(timeout),
-                    current.phase()
+                    last.phase()
                 ),
             )
-            .with_details(json!({"name": name, "object": current})));
-        }
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ShuttingDown",
-                    "the server is shutting down",
-                )
-                .with_retry_after(1));
-            }
-            b = watch.next_batch(left.min(Duration::from_secs(5))) => b?,
-        };
-        for ev in batch {
-            if ev.name != name {
-                continue;
-            }
-            match (ev.kind, ev.object) {
-                (EventType::Deleted, _) | (_, None) => {
-                    return Err(StoreError::NotFound(name.clone()).into());
-                }
-                (_, Some(obj)) => current = obj,
-            }
-            if is_ready(&current) || is_terminal(&current) {
-                return Ok(current);
-            }
+            .with_details(json!({"name": name, "object": last})))
         }
     }
 }

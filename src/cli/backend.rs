@@ -1,0 +1,288 @@
+//! Where the CLI reads and writes desired state: Redis directly, or a running `serve` over
+//! HTTP (`--server`/`ORCHESTRATOR_URL`). Every verb goes through [`Backend`], so both modes
+//! behave the same; writes in Redis mode go through [`crate::ops`] exactly like the API's.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::OnceCell;
+
+use crate::client::{ApiClient, ClientError, HttpWatch};
+use crate::domain::contract::{Policy, PublishedPolicy};
+use crate::domain::resource::Session;
+use crate::domain::selector::Selector;
+use crate::ops::{self, Applied, OpsError, PatchRequest};
+use crate::runtime::{LogQuery, Runtime};
+use crate::store::{SessionEvent, Store, StoreError, Unreadable, Watch, WatchEvent};
+
+/// The writer name of the CLI in `source` annotations and events.
+pub const WRITER: &str = "cli";
+
+/// The policy the CLI admits with, and where it came from.
+#[derive(Debug, Clone)]
+pub struct PolicyInUse {
+    /// The policy.
+    pub policy: Policy,
+    /// Where it came from, for messages: the publishing server, or the built-in default.
+    pub source: String,
+    /// True when no server published one and the built-in default is used.
+    pub fallback: bool,
+    /// The publisher's instance (empty when unknown).
+    pub instance: String,
+}
+
+impl PolicyInUse {
+    fn from_published(p: PublishedPolicy) -> PolicyInUse {
+        PolicyInUse {
+            source: format!(
+                "the policy of {} (published {})",
+                p.publisher,
+                p.published_at.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            policy: p.policy,
+            fallback: false,
+            instance: p.instance,
+        }
+    }
+}
+
+/// Where the CLI reads and writes desired state.
+pub struct Backend {
+    kind: Kind,
+    policy: OnceCell<PolicyInUse>,
+}
+
+// One value per CLI invocation: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    /// Redis directly (and the Docker engine, for `logs`), as instance `instance`.
+    Store { store: Store, instance: String },
+    /// A remote `serve`.
+    Http(ApiClient),
+}
+
+/// A watch on either backend.
+pub enum AnyWatch {
+    /// The Redis stream.
+    Store(Watch),
+    /// The API's SSE.
+    Http(HttpWatch),
+}
+
+impl AnyWatch {
+    /// Wait up to `block` for events.
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        match self {
+            AnyWatch::Store(w) => Ok(w.next_batch(block).await?),
+            AnyWatch::Http(w) => w.next_batch(block).await,
+        }
+    }
+}
+
+impl ops::Changes for AnyWatch {
+    type Error = ClientError;
+    async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        AnyWatch::next_batch(self, block).await
+    }
+}
+
+impl Backend {
+    /// Redis directly.
+    pub fn store(store: Store, instance: &str) -> Backend {
+        Backend {
+            kind: Kind::Store {
+                store,
+                instance: instance.to_string(),
+            },
+            policy: OnceCell::new(),
+        }
+    }
+
+    /// A remote `serve`.
+    pub fn http(client: ApiClient) -> Backend {
+        Backend {
+            kind: Kind::Http(client),
+            policy: OnceCell::new(),
+        }
+    }
+
+    /// True for a remote backend.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.kind, Kind::Http(_))
+    }
+
+    /// The policy to admit with: the one the server published (in the store, or at
+    /// `GET /api/v1/policy`), else the built-in default (said in `source`). Read once.
+    pub async fn policy(&self) -> Result<&PolicyInUse, ClientError> {
+        self.policy
+            .get_or_try_init(|| async {
+                Ok(match &self.kind {
+                    Kind::Store { store, .. } => match store.published_policy().await? {
+                        Some(p) => PolicyInUse::from_published(p),
+                        None => PolicyInUse {
+                            policy: Policy::default(),
+                            source: "the built-in default policy (no `serve` has published \
+                                     one to this store yet)"
+                                .into(),
+                            fallback: true,
+                            instance: String::new(),
+                        },
+                    },
+                    Kind::Http(c) => PolicyInUse::from_published(c.policy().await?),
+                })
+            })
+            .await
+    }
+
+    /// One session, or `None`.
+    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => Ok(store.get(name).await?),
+            Kind::Http(c) => c.get(name).await,
+        }
+    }
+
+    /// Every session matching the label `selector` (all when empty), the list's revision,
+    /// and the stored objects that could not be decoded (set aside, see [`Unreadable`]).
+    /// The API evaluates the selector itself in `--server` mode.
+    pub async fn list(
+        &self,
+        selector: &str,
+    ) -> Result<(Vec<Session>, u64, Vec<Unreadable>), ClientError> {
+        let parsed = Selector::parse(selector)?;
+        match &self.kind {
+            Kind::Store { store, .. } => {
+                let selector = parsed;
+                let snap = store.list().await?;
+                let sessions = snap
+                    .sessions
+                    .into_iter()
+                    .filter(|s| selector.matches(&s.metadata.labels))
+                    .collect();
+                Ok((sessions, snap.revision, snap.unreadable))
+            }
+            Kind::Http(c) => c.list_full(Some(selector)).await,
+        }
+    }
+
+    /// Create or update, as the CLI.
+    pub async fn apply(
+        &self,
+        s: &Session,
+        dry_run: bool,
+    ) -> Result<(Applied, Session), ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => {
+                let policy = &self.policy().await?.policy;
+                Ok(ops::apply(store, policy, s, WRITER, dry_run).await?)
+            }
+            Kind::Http(c) => c.apply(s, dry_run).await,
+        }
+    }
+
+    /// Patch, as the CLI.
+    pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<(Applied, Session), ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => {
+                let policy = &self.policy().await?.policy;
+                Ok(ops::patch(store, policy, WRITER, req).await?)
+            }
+            Kind::Http(c) => {
+                let before = c.get(req.name).await?;
+                let after = c.patch(req).await?;
+                let same = before.is_some_and(|b| {
+                    b.metadata.resource_version == after.metadata.resource_version
+                });
+                let what = if same {
+                    Applied::Unchanged
+                } else {
+                    Applied::Configured
+                };
+                Ok((what, after))
+            }
+        }
+    }
+
+    /// Ask for a rollout restart of the session's sandbox ([`ops::restart`]).
+    pub async fn restart(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => match ops::restart(store, name, WRITER).await {
+                Ok(s) => Ok(Some(s)),
+                Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Kind::Http(c) => c.restart(name).await,
+        }
+    }
+
+    /// Delete, as the CLI; `None` when it did not exist. With `dry_run`, nothing is deleted
+    /// and the current object is returned.
+    pub async fn delete(&self, name: &str, dry_run: bool) -> Result<Option<Session>, ClientError> {
+        if dry_run {
+            return self.get(name).await;
+        }
+        match &self.kind {
+            Kind::Store { store, .. } => match ops::delete(store, name, None, WRITER).await {
+                Ok(s) => Ok(Some(s)),
+                Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Kind::Http(c) => c.delete(name).await,
+        }
+    }
+
+    /// The session's recent events.
+    pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => Ok(store.events(name).await?),
+            Kind::Http(c) => c.events(name).await,
+        }
+    }
+
+    /// The summary of the session's container (`None`: none), or why it is unavailable.
+    pub async fn container(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, String> {
+        match &self.kind {
+            Kind::Http(c) => c.container(name).await.map_err(|e| e.to_string()),
+            Kind::Store { instance, .. } => {
+                let rt = Runtime::connect(instance)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                rt.inspect(id)
+                    .await
+                    .map(|info| Some(crate::runtime::summary(&info)))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// The stderr of the session's sandbox as it arrives (`None`: the session has no
+    /// container). In Redis mode this reads the Docker engine directly.
+    pub async fn logs(
+        &self,
+        session: &Session,
+        q: &LogQuery,
+    ) -> Result<Option<BoxStream<'static, Result<bytes::Bytes, ClientError>>>, ClientError> {
+        match &self.kind {
+            Kind::Http(c) => c.logs(session.name(), q).await,
+            Kind::Store { instance, .. } => {
+                let rt = Runtime::connect(instance).await?;
+                let id = session.status.as_ref().and_then(|s| s.container_id.clone());
+                let stream = rt.session_stderr(session.name(), id.as_deref(), q).await?;
+                Ok(stream.map(|s| s.map(|r| r.map_err(ClientError::from)).boxed()))
+            }
+        }
+    }
+
+    /// Watch every session after `revision`.
+    pub async fn watch(&self, revision: u64) -> Result<AnyWatch, ClientError> {
+        match &self.kind {
+            Kind::Store { store, .. } => Ok(AnyWatch::Store(store.watch(revision).await?)),
+            Kind::Http(c) => Ok(AnyWatch::Http(c.watch(revision).await?)),
+        }
+    }
+}

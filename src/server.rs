@@ -1,0 +1,430 @@
+//! The composition root of `serve`: connect to Redis and Docker, publish the policy, and run
+//! the controller, the specs-directory watcher, the chat service and the HTTP API until a
+//! signal. [`ServeArgs`] is the one configuration struct, built once from flags and
+//! environment variables (clap), and nothing below reads the environment again except the
+//! Gemini client's own settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::controller::{self, Controller};
+use crate::domain::contract::{self, Policy, PublishedPolicy};
+use crate::domain::limits::{self, flag_duration};
+use crate::domain::plan::Settings;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// `serve` failures: all of them happen at start; once running, failures are handled (and
+/// retried) where they happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A flag or variable is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Redis could not be reached or refused a start-up command.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The store error.
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// The Docker engine could not be reached.
+    #[error("{what}: {source}")]
+    Docker {
+        /// What was being done.
+        what: String,
+        /// The runtime error.
+        #[source]
+        source: crate::runtime::RuntimeError,
+    },
+    /// A local file or socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP listen rules refused the address.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+}
+
+/// The contract policy flags: they belong to `serve`, which publishes the policy they make
+/// (in the store and at `GET /api/v1/policy`) so that every CLI admits with the same one.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Image allowlist, comma-separated patterns (`*` wildcard).
+    #[arg(
+        long,
+        env = "ALLOWED_IMAGES",
+        default_value = "mcp-server:*",
+        value_delimiter = ','
+    )]
+    pub allowed_images: Vec<String>,
+    /// Largest memory limit a session may ask for.
+    #[arg(long, env = "MAX_MEMORY", default_value = "2Gi")]
+    pub max_memory: String,
+    /// Largest CPU limit a session may ask for.
+    #[arg(long, env = "MAX_CPUS", default_value = "2")]
+    pub max_cpus: String,
+    /// Largest pids limit a session may ask for.
+    #[arg(long, env = "MAX_PIDS", default_value_t = 1024)]
+    pub max_pids: i64,
+}
+
+impl PolicyArgs {
+    /// The contract policy these options describe; the error names the flag.
+    pub fn policy(&self) -> Result<Policy, ServerError> {
+        let bad = |flag: &str, e: String| ServerError::Config(format!("--{flag}: {e}"));
+        let max_memory = contract::parse_memory(&crate::domain::resource::Quantity::Text(
+            self.max_memory.clone(),
+        ))
+        .map_err(|e| bad("max-memory", e.to_string()))?;
+        let max_nano_cpus = contract::parse_cpus(&crate::domain::resource::Quantity::Text(
+            self.max_cpus.clone(),
+        ))
+        .map_err(|e| bad("max-cpus", e.to_string()))?;
+        if !(limits::MIN_PIDS..=1 << 22).contains(&self.max_pids) {
+            return Err(bad(
+                "max-pids",
+                format!("{} is outside 1..={}", self.max_pids, 1 << 22),
+            ));
+        }
+        if max_memory < limits::MIN_MEMORY_BYTES {
+            return Err(bad(
+                "max-memory",
+                format!("{} is below the 6Mi minimum", self.max_memory),
+            ));
+        }
+        let allowed_images: Vec<String> = self
+            .allowed_images
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if allowed_images.len() > limits::MAX_ALLOWED_IMAGES {
+            return Err(bad(
+                "allowed-images",
+                format!("at most {} patterns", limits::MAX_ALLOWED_IMAGES),
+            ));
+        }
+        let d = Policy::default();
+        let policy = Policy {
+            allowed_images,
+            max_memory,
+            max_nano_cpus,
+            max_pids: self.max_pids,
+            default_memory: d.default_memory.min(max_memory),
+            default_nano_cpus: d.default_nano_cpus.min(max_nano_cpus),
+            default_pids: d.default_pids.min(self.max_pids),
+            ..d
+        };
+        policy
+            .check_patterns()
+            .map_err(|e| bad("allowed-images", e))?;
+        Ok(policy)
+    }
+}
+
+/// Everything `serve` is configured with, besides where Redis is and the instance name.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The contract policy.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Reconciles running at once, across sessions.
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+    /// Period of the full resync (catches missed events and engine restarts).
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = flag_duration)]
+    pub resync_interval: Duration,
+    /// A sandbox run at least this long resets its crash-loop backoff.
+    #[arg(long, env = "STABLE_AFTER", default_value = "10s", value_parser = flag_duration)]
+    pub stable_after: Duration,
+    /// Largest crash-loop backoff.
+    #[arg(long, env = "MAX_BACKOFF", default_value = "60s", value_parser = flag_duration)]
+    pub max_backoff: Duration,
+    /// Watch this directory of Session files (`*.yaml`, `*.yml`, `*.json`).
+    #[arg(long, env = "SPECS_DIR")]
+    pub specs_dir: Option<PathBuf>,
+    /// HTTP port.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// HTTP listen address (default: 0.0.0.0:PORT with a token, 127.0.0.1:PORT without).
+    #[arg(long, env = "LISTEN_ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow listening beyond loopback without ORCHESTRATOR_TOKEN.
+    #[arg(long, env = "ORCHESTRATOR_INSECURE")]
+    pub insecure: bool,
+    /// Most model calls in one chat turn (the function-calling loop's step limit).
+    #[arg(long, env = "CHAT_MAX_STEPS", default_value_t = 8)]
+    pub chat_max_steps: usize,
+    /// Most turns kept in a session's chat history.
+    #[arg(long, env = "CHAT_HISTORY_MAX_TURNS", default_value_t = 200)]
+    pub history_max_turns: usize,
+    /// Most bytes kept in a session's chat history.
+    #[arg(long, env = "CHAT_HISTORY_MAX_BYTES", default_value_t = 1024 * 1024)]
+    pub history_max_bytes: usize,
+    /// Timeout of one MCP request to a sandbox.
+    #[arg(long, env = "MCP_CALL_TIMEOUT", default_value = "30s", value_parser = flag_duration)]
+    pub mcp_call_timeout: Duration,
+    /// A reconcile running longer is abandoned, counted as failed and retried.
+    #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "60s", value_parser = flag_duration)]
+    pub reconcile_timeout: Duration,
+    /// On SIGTERM, how long running reconciles and open HTTP connections may finish.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = flag_duration)]
+    pub shutdown_grace: Duration,
+    /// `/readyz` turns unready when work waits and no reconcile finished for this long.
+    #[arg(long, env = "STALL_AFTER", default_value = "90s", value_parser = flag_duration)]
+    pub stall_after: Duration,
+    /// Write the store's identity to this file at start (the container entrypoint uses it
+    /// to remove only this store's sandboxes on stop).
+    #[arg(long, env = "STORE_ID_FILE")]
+    pub store_id_file: Option<PathBuf>,
+    /// Most `?watch=true` streams open at once (429 beyond).
+    #[arg(long, env = "MAX_WATCHES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_watches: u32,
+    /// Most `?wait=` requests waiting at once (429 beyond).
+    #[arg(long, env = "MAX_WAITS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_waits: u32,
+    /// Most chat turns streaming at once (429 beyond).
+    #[arg(long, env = "MAX_CHATS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_chats: u32,
+    /// A request's headers must arrive within this, or the connection is closed.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = http_timeout)]
+    pub header_timeout: Duration,
+    /// Each piece of a request body must arrive within this, or 408.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = http_timeout)]
+    pub body_timeout: Duration,
+}
+
+/// An HTTP timeout flag: a duration flag of at most a day.
+fn http_timeout(s: &str) -> Result<Duration, String> {
+    let d = flag_duration(s)?;
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("{}: must be at most 24h", limits::echo(s)));
+    }
+    Ok(d)
+}
+
+/// Hide a password in a Redis URL.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// Who is publishing: `serve@<host> pid <pid>`.
+fn publisher() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("serve@{host} pid {}", std::process::id())
+}
+
+/// Run `serve` until SIGINT/SIGTERM.
+pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), ServerError> {
+    let policy = a.policy.policy()?;
+    if a.stall_after <= a.reconcile_timeout {
+        return Err(ServerError::Config(format!(
+            "--stall-after ({}) must be longer than --reconcile-timeout ({}): a reconcile \
+             may legitimately run that long",
+            humantime::format_duration(a.stall_after),
+            humantime::format_duration(a.reconcile_timeout)
+        )));
+    }
+    let store_err = |what: &str| {
+        let what = what.to_string();
+        move |source| ServerError::Store { what, source }
+    };
+    let docker_err = |what: &str| {
+        let what = what.to_string();
+        move |source| ServerError::Docker { what, source }
+    };
+    let store = Store::connect(redis_url, instance)
+        .await
+        .map_err(store_err(&format!(
+            "cannot connect to Redis at {}",
+            redact(redis_url)
+        )))?;
+    store
+        .ping()
+        .await
+        .map_err(store_err("Redis is not answering"))?;
+    info!(redis = %redact(redis_url), instance = %instance, "connected to Redis");
+    let runtime = Runtime::connect(instance)
+        .await
+        .map_err(docker_err("cannot connect to the Docker engine"))?;
+    runtime
+        .ping()
+        .await
+        .map_err(docker_err("the Docker engine is not answering"))?;
+    info!("connected to Docker");
+    let identity = store
+        .identity()
+        .await
+        .map_err(store_err("cannot read the store's identity"))?;
+    info!(store = %identity, "store identity");
+    if let Some(path) = &a.store_id_file {
+        std::fs::write(path, format!("{identity}\n")).map_err(|source| ServerError::Io {
+            what: format!("{}: cannot write the store identity", path.display()),
+            source,
+        })?;
+    }
+    let published = PublishedPolicy {
+        policy: policy.clone(),
+        publisher: publisher(),
+        instance: instance.to_string(),
+        published_at: chrono::Utc::now(),
+    };
+    store
+        .publish_policy(&published)
+        .await
+        .map_err(store_err("cannot publish the policy"))?;
+    info!(images = ?policy.allowed_images, "policy published for CLIs");
+    let config = controller::Config {
+        settings: Settings {
+            instance: instance.to_string(),
+            policy: policy.clone(),
+            stable_after: a.stable_after,
+            backoff_max: a.max_backoff,
+            ..Settings::default()
+        },
+        concurrency: a.concurrency,
+        resync_every: a.resync_interval,
+        reconcile_timeout: a.reconcile_timeout,
+        shutdown_grace: a.shutdown_grace,
+        stall_after: a.stall_after,
+        store_id_file: a.store_id_file.clone(),
+        ..controller::Config::default()
+    };
+    let token = std::env::var("ORCHESTRATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let addr = crate::http::listen_addr(a.listen, a.port, token.is_some(), a.insecure)?;
+    let io_err = |what: String| move |source| ServerError::Io { what, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(io_err(format!("cannot listen on {addr}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io_err("the listening socket".into()))?;
+    if token.is_none() {
+        if bound.ip().is_loopback() {
+            tracing::warn!(addr = %bound, "no ORCHESTRATOR_TOKEN: the API is unauthenticated and listens on loopback only");
+        } else {
+            tracing::warn!(addr = %bound, "no ORCHESTRATOR_TOKEN and --insecure: the API is unauthenticated on a non-loopback address");
+        }
+    }
+    info!(addr = %bound, "HTTP API listening");
+    let shutdown = CancellationToken::new();
+    let metrics = crate::metrics::Metrics::new();
+    let specs = a.specs_dir.clone().map(|dir| {
+        info!(dir = %dir.display(), "watching the specs directory");
+        let (store, policy, shutdown) = (store.clone(), policy.clone(), shutdown.clone());
+        tokio::spawn(crate::supervise::supervise(
+            metrics.clone(),
+            "specs-dir",
+            shutdown.clone(),
+            move || crate::specs::run(dir.clone(), store.clone(), policy.clone(), shutdown.clone()),
+        ))
+    });
+    let (chat_store, history_store, chat_runtime) = (store.clone(), store.clone(), runtime.clone());
+    let ctrl = Controller::new(store.clone(), runtime.clone(), config, metrics.clone());
+    let state = crate::http::AppState::new(
+        store,
+        runtime,
+        policy,
+        token,
+        metrics,
+        Some(ctrl.handle()),
+        shutdown.clone(),
+        crate::http::Limits {
+            max_watches: a.max_watches as usize,
+            max_waits: a.max_waits as usize,
+            max_chats: a.max_chats as usize,
+            header_read_timeout: a.header_timeout,
+            body_read_timeout: a.body_timeout,
+            shutdown_grace: a.shutdown_grace,
+        },
+    )
+    .with_published_policy(published);
+    let gemini = crate::chat::gemini::Gemini::new(crate::chat::gemini::GeminiConfig::from_env());
+    if !gemini.has_api_key() {
+        tracing::warn!("GOOGLE_API_KEY is not set: chat requests will be refused");
+    }
+    let chat = crate::chat::service::ChatService::new(
+        chat_store,
+        crate::chat::mcp::McpPool::new(chat_runtime, a.mcp_call_timeout),
+        gemini,
+        crate::chat::history::History::new(
+            history_store,
+            crate::chat::history::Limits {
+                max_turns: a.history_max_turns.max(1),
+                max_bytes: a.history_max_bytes.max(1),
+            },
+        ),
+        crate::chat::service::ChatConfig {
+            max_steps: a.chat_max_steps.max(1),
+        },
+    );
+    let state = state.with_chat(std::sync::Arc::new(chat));
+    let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
+    let signals = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down");
+            shutdown.cancel();
+        })
+    };
+    ctrl.run(shutdown.clone()).await;
+    if let Some(specs) = specs {
+        let _ = specs.await;
+    }
+    match http.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    signals.abort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(redact("redis://:pw@host:6379"), "redis://***@host:6379");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}
