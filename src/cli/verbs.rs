@@ -57,19 +57,11 @@ fn load_valid(files: &[PathBuf], policy: &PolicyInUse) -> anyhow::Result<Vec<par
     Ok(docs)
 }
 
-/// Say on stderr when the CLI admits with the built-in default policy.
-fn warn_fallback(policy: &PolicyInUse) {
-    if policy.fallback {
-        eprintln!("warning: validating with {}", policy.source);
-    }
-}
-
 /// `apply`: admit every document, then create or update each; `--prune` deletes what the
 /// selector matches and the files no longer declare; `--wait` waits for Running.
 pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
     let backend = g.backend().await?;
     let policy = backend.policy().await?;
-    warn_fallback(policy);
     let docs = load_valid(&a.files, policy)?;
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     let mut applied = Vec::new();
@@ -384,9 +376,6 @@ pub async fn patch(g: &Global, a: PatchArgs) -> anyhow::Result<()> {
         PatchKind::Json => PatchType::Json,
     };
     let backend = g.backend().await?;
-    if !backend.is_remote() {
-        warn_fallback(backend.policy().await?);
-    }
     let req = ops::PatchRequest {
         name: &a.name,
         kind,
@@ -482,7 +471,6 @@ fn diff_view(s: &Session) -> String {
 pub async fn diff(g: &Global, files: &[PathBuf]) -> anyhow::Result<()> {
     let backend = g.backend().await?;
     let policy = backend.policy().await?;
-    warn_fallback(policy);
     let docs = load_valid(files, policy)?;
     let mut out = String::new();
     for d in &docs {

@@ -35,19 +35,19 @@ impl std::str::FromStr for Condition {
         if s.eq_ignore_ascii_case("delete") {
             return Ok(Condition::Deleted);
         }
-        let Some((key, value)) = s.split_once('=') else {
-            return Err(format!(
-                "{}: expected phase=PHASE or delete",
-                crate::domain::limits::echo(s)
-            ));
-        };
-        let value = value.trim_start_matches("{.status.phase}=");
-        if !key.eq_ignore_ascii_case("phase") && key != "jsonpath={.status.phase}" {
-            return Err(format!(
-                "{}: expected phase=PHASE or delete",
-                crate::domain::limits::echo(s)
-            ));
-        }
+        // `phase=X`, or kubectl's spelling of the same, `jsonpath={.status.phase}=X`.
+        let value = s
+            .strip_prefix("jsonpath={.status.phase}=")
+            .or_else(|| {
+                let (key, value) = s.split_once('=')?;
+                key.eq_ignore_ascii_case("phase").then_some(value)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{}: expected phase=PHASE or delete",
+                    crate::domain::limits::echo(s)
+                )
+            })?;
         PHASES
             .iter()
             .find(|p| p.to_string().eq_ignore_ascii_case(value))

@@ -312,6 +312,24 @@ impl Env {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The CLI's command with this environment's variables, for a test that spawns it.
+    pub fn command_for_test(&self) -> Command {
+        self.command()
+    }
+
+    /// Ids of every container of this instance, via the docker CLI.
+    pub fn instance_containers(&self) -> Vec<String> {
+        self.docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/instance={}", self.instance),
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
     /// Run the CLI with `args` (and optional stdin).
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = self.command();
@@ -544,4 +562,19 @@ pub fn session_yaml(name: &str, image: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n{extra_spec}"
     )
+}
+
+/// Wait for a spawned child to exit within `limit` (killed and failed otherwise) and
+/// collect its output.
+pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("the process did not exit within {limit:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
