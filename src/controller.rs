@@ -38,6 +38,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::domain::expect::Expectations;
 use crate::domain::plan::{self, Action, CrashState, Input, Observed, Ownership, Settings};
 use crate::domain::queue::{Outcome, WorkQueue};
+use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError};
@@ -351,7 +352,7 @@ async fn reconcile_supervised(s: Arc<Shared>, key: String) -> (String, Outcome) 
                 s.config.reconcile_timeout.as_secs()
             );
             warn!("{message}");
-            event(&s, &key, "Warning", "ReconcileTimeout", message).await;
+            event(&s, &key, "Warning", Reason::ReconcileTimeout, message).await;
             ("timeout", Outcome::Failed)
         }
         Err(panic) => {
@@ -360,7 +361,7 @@ async fn reconcile_supervised(s: Arc<Shared>, key: String) -> (String, Outcome) 
                 "reconcile panicked ({}); retried with backoff",
                 panic_message(&panic)
             );
-            event(&s, &key, "Warning", "ReconcilePanic", message).await;
+            event(&s, &key, "Warning", Reason::ReconcilePanic, message).await;
             ("panic", Outcome::Failed)
         }
     };
@@ -607,7 +608,7 @@ fn forget(s: &Shared, name: &str) {
     }
 }
 
-async fn event(s: &Shared, name: &str, type_: &str, reason: &str, message: String) {
+async fn event(s: &Shared, name: &str, type_: &str, reason: Reason, message: String) {
     let e = SessionEvent {
         time: Utc::now(),
         type_: type_.into(),
@@ -683,7 +684,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                             s,
                             name,
                             "Normal",
-                            "Removed",
+                            Reason::Removed,
                             format!("removed container {} ({reason:?})", short(id)),
                         )
                         .await;
@@ -709,7 +710,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                         s,
                         name,
                         "Normal",
-                        "Provisioned",
+                        Reason::Provisioned,
                         format!("created and started container {}", short(&id)),
                     )
                     .await;
@@ -728,7 +729,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                         s,
                         name,
                         "Normal",
-                        "Restarted",
+                        Reason::Restarted,
                         format!("restarted container {}", short(id)),
                     )
                     .await;
@@ -764,7 +765,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
         if let Some(e) = &failure {
             let reason = match e {
                 ControllerError::Runtime(r) => r.reason(),
-                ControllerError::Store(_) => "StoreError",
+                ControllerError::Store(_) => Reason::StoreError,
             };
             st.phase = Phase::BackOff;
             st.reason = Some(reason.into());
@@ -782,7 +783,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                 s,
                 name,
                 "Warning",
-                "BackOff",
+                Reason::BackOff,
                 st.message.clone().unwrap_or_default(),
             )
             .await;

@@ -22,6 +22,7 @@ use crate::domain::contract::{
     LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, LABEL_STORE, MANAGED_BY,
 };
 use crate::domain::plan::{ContainerState, ExitInfo, Observed};
+use crate::domain::reason::Reason;
 
 /// Which part of a sandbox's stderr to read ([`Runtime::session_stderr`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,11 +67,11 @@ pub fn short_id(id: &str) -> &str {
 
 impl RuntimeError {
     /// A machine-readable reason for status and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RuntimeError::ImageNotFound(_) => "ImageNotFound",
-            RuntimeError::NameConflict { .. } => "NameConflict",
-            RuntimeError::Docker(_) => "DockerError",
+            RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
+            RuntimeError::NameConflict { .. } => Reason::NameConflict,
+            RuntimeError::Docker(_) => Reason::DockerError,
         }
     }
 }

@@ -229,10 +229,38 @@ end
 return {'ok', tostring(rv)}
 "#;
 
+/// The precondition of a write.
 enum Mode<'a> {
+    /// The object must not exist.
     Create,
+    /// The object must be at this resourceVersion.
     Expect(&'a str),
+    /// Any version (the object must exist unless creating).
     Any,
+}
+
+/// What a write does to the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteKind<'a> {
+    /// Store this encoded object; a spec or metadata change (watchers see
+    /// `status_only: false`).
+    Upsert(&'a str),
+    /// Store this encoded object whose only change is its status (watchers see
+    /// `status_only: true`).
+    UpsertStatusOnly(&'a str),
+    /// Delete the object (and its event log and chat history).
+    Delete,
+}
+
+impl<'a> WriteKind<'a> {
+    /// The write script's `op`, `json` and `status` arguments.
+    fn args(self) -> (&'static str, &'a str, &'static str) {
+        match self {
+            WriteKind::Upsert(json) => ("put", json, "0"),
+            WriteKind::UpsertStatusOnly(json) => ("put", json, "1"),
+            WriteKind::Delete => ("delete", "", "0"),
+        }
+    }
 }
 
 impl Store {
@@ -474,11 +502,10 @@ impl Store {
         &self,
         name: &str,
         mode: Mode<'_>,
-        delete: bool,
-        json: &str,
-        status_only: bool,
+        kind: WriteKind<'_>,
     ) -> Result<String, StoreError> {
         let mut con = self.con.clone();
+        let (op, json, status_only) = kind.args();
         let mode_arg = match mode {
             Mode::Create => "create",
             Mode::Any => "*",
@@ -496,9 +523,9 @@ impl Store {
             .key(&self.keys.id)
             .arg(name)
             .arg(mode_arg)
-            .arg(if delete { "delete" } else { "put" })
+            .arg(op)
             .arg(json)
-            .arg(if status_only { "1" } else { "0" })
+            .arg(status_only)
             .arg(STREAM_MAXLEN)
             .arg(uuid::Uuid::new_v4().simple().to_string())
             .invoke_async(&mut con)
@@ -523,7 +550,7 @@ impl Store {
         s.metadata.creation_timestamp = Some(Utc::now());
         s.status = None;
         let rv = self
-            .write(s.name(), Mode::Create, false, &Self::encode(&s), false)
+            .write(s.name(), Mode::Create, WriteKind::Upsert(&Self::encode(&s)))
             .await?;
         s.metadata.resource_version = Some(rv);
         Ok(s)
@@ -578,9 +605,7 @@ impl Store {
             .write(
                 name,
                 Mode::Expect(&expected),
-                false,
-                &Self::encode(&next),
-                false,
+                WriteKind::Upsert(&Self::encode(&next)),
             )
             .await?;
         next.metadata.resource_version = Some(rv);
@@ -600,9 +625,7 @@ impl Store {
             .write(
                 name,
                 Mode::Expect(resource_version),
-                false,
-                &Self::encode(&current),
-                true,
+                WriteKind::UpsertStatusOnly(&Self::encode(&current)),
             )
             .await?;
         current.metadata.resource_version = Some(rv);
@@ -624,7 +647,7 @@ impl Store {
             Some(rv) => Mode::Expect(rv),
             None => Mode::Any,
         };
-        self.write(name, mode, true, "", false).await?;
+        self.write(name, mode, WriteKind::Delete).await?;
         Ok(current)
     }
 
@@ -639,7 +662,7 @@ impl Store {
             Some(rv) => Mode::Expect(rv),
             None => Mode::Any,
         };
-        self.write(name, mode, true, "", false).await?;
+        self.write(name, mode, WriteKind::Delete).await?;
         Ok(())
     }
 

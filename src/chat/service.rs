@@ -29,6 +29,7 @@ use super::gemini::{
 use super::history::History;
 use super::mcp::{McpConn, McpError, McpPool};
 use super::schema::{self, Declarations, ToolSpec};
+use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
 use crate::store::{Store, StoreError};
 
@@ -99,8 +100,8 @@ pub enum ChatEvent {
     },
     /// The turn failed.
     Error {
-        /// Machine-readable reason.
-        reason: String,
+        /// Machine-readable reason (serialized as its string).
+        reason: Reason,
         /// What went wrong.
         message: String,
     },
@@ -269,18 +270,15 @@ impl ChatService {
         };
         if let Err(e) = outcome {
             let (reason, message) = match &e {
-                TurnError::Gemini(g) if g.is_key_error() => ("GeminiKeyRejected", e.to_string()),
-                TurnError::Gemini(_) => ("GeminiError", e.to_string()),
-                TurnError::Store(_) => ("StoreError", e.to_string()),
-                TurnError::StepLimit(_) => ("StepLimit", e.to_string()),
+                TurnError::Gemini(g) if g.is_key_error() => {
+                    (Reason::GeminiKeyRejected, e.to_string())
+                }
+                TurnError::Gemini(_) => (Reason::GeminiError, e.to_string()),
+                TurnError::Store(_) => (Reason::StoreError, e.to_string()),
+                TurnError::StepLimit(_) => (Reason::StepLimit, e.to_string()),
             };
             warn!(session = %name, error = %e, "chat turn failed");
-            let _ = tx
-                .send(ChatEvent::Error {
-                    reason: reason.into(),
-                    message,
-                })
-                .await;
+            let _ = tx.send(ChatEvent::Error { reason, message }).await;
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::domain::contract::{Policy, Violation};
 use crate::domain::limits::{self, echo, escape, human_bytes};
+use crate::domain::reason::Reason;
 use crate::domain::resource::{API_VERSION, KIND, Session};
 
 /// Why a session was refused.
@@ -67,7 +68,7 @@ fn is_label_key(k: &str) -> bool {
 struct Report(Vec<Violation>);
 
 impl Report {
-    fn bad(&mut self, path: &str, reason: &'static str, message: String) {
+    fn bad(&mut self, path: &str, reason: Reason, message: String) {
         self.0.push(Violation {
             path: escape(path),
             reason,
@@ -80,7 +81,7 @@ impl Report {
         if value.len() > max {
             self.bad(
                 path,
-                "TooLong",
+                Reason::TooLong,
                 format!("is {} bytes, more than the {max}-byte limit", value.len()),
             );
         }
@@ -91,7 +92,7 @@ impl Report {
         if n > max {
             self.bad(
                 path,
-                "TooMany",
+                Reason::TooMany,
                 format!("has {n} entries, more than the limit of {max}"),
             );
         }
@@ -119,7 +120,7 @@ fn bounds(session: &Session, r: &mut Report) {
     if annotations > limits::MAX_ANNOTATIONS_TOTAL_BYTES {
         r.bad(
             "metadata.annotations",
-            "TooLong",
+            Reason::TooLong,
             format!(
                 "keys and values are {annotations} bytes, more than the {} limit",
                 human_bytes(limits::MAX_ANNOTATIONS_TOTAL_BYTES)
@@ -153,7 +154,7 @@ fn bounds(session: &Session, r: &mut Report) {
     {
         r.bad(
             "spec.ttlSeconds",
-            "OutOfRange",
+            Reason::OutOfRange,
             format!(
                 "{ttl} is outside {}..={} (ten years)",
                 limits::MIN_TTL_SECONDS,
@@ -183,7 +184,7 @@ fn bounds(session: &Session, r: &mut Report) {
     if limits::json_size(session, limits::MAX_OBJECT_BYTES).is_none() {
         r.bad(
             "",
-            "TooLarge",
+            Reason::TooLarge,
             format!(
                 "the session is larger than {} as JSON",
                 human_bytes(limits::MAX_OBJECT_BYTES)
@@ -204,7 +205,7 @@ pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError
     if session.api_version != API_VERSION {
         r.bad(
             "apiVersion",
-            "Invalid",
+            Reason::Invalid,
             format!(
                 "must be {API_VERSION:?}, got {}",
                 echo(&session.api_version)
@@ -214,14 +215,14 @@ pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError
     if session.kind != KIND {
         r.bad(
             "kind",
-            "Invalid",
+            Reason::Invalid,
             format!("must be {KIND:?}, got {}", echo(&session.kind)),
         );
     }
     if !is_dns1123_label(&session.metadata.name) {
         r.bad(
             "metadata.name",
-            "Invalid",
+            Reason::Invalid,
             format!(
                 "{} is not a DNS-1123 label (lowercase alphanumerics and '-', at most {} characters)",
                 echo(&session.metadata.name),
@@ -234,13 +235,13 @@ pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError
         if !is_label_key(k) {
             r.bad(
                 &path,
-                "Invalid",
+                Reason::Invalid,
                 format!("{} is not a valid label key", echo(k)),
             );
         } else if !is_label_value(val) {
             r.bad(
                 &path,
-                "Invalid",
+                Reason::Invalid,
                 format!("{} is not a valid label value", echo(val)),
             );
         }
@@ -299,7 +300,7 @@ mod tests {
             Err(e) => e
                 .violations()
                 .iter()
-                .map(|v| (v.path.clone(), v.reason))
+                .map(|v| (v.path.clone(), v.reason.as_str()))
                 .collect(),
         }
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::domain::limits::{self, echo};
+use crate::domain::reason::Reason;
 use crate::domain::resource::{Quantity, SessionSpec};
 
 /// Label carrying the session name.
@@ -141,7 +142,7 @@ pub struct Violation {
     /// Field path, e.g. `spec.resources.memory`.
     pub path: String,
     /// Machine-readable reason, e.g. `ImageNotAllowed`.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// What is wrong, in one line.
     pub message: String,
 }
@@ -220,7 +221,7 @@ impl Policy {
     /// Check a spec against the contract and resolve it. Returns every violation found.
     pub fn sandbox(&self, spec: &SessionSpec) -> Result<Sandbox, Vec<Violation>> {
         let mut v = Vec::new();
-        let mut bad = |path: &str, reason: &'static str, message: String| {
+        let mut bad = |path: &str, reason: Reason, message: String| {
             v.push(Violation {
                 path: path.to_string(),
                 reason,
@@ -230,7 +231,7 @@ impl Policy {
 
         let image = match ImageRef::parse(&spec.image) {
             Err(msg) => {
-                bad("spec.image", "Invalid", msg);
+                bad("spec.image", Reason::Invalid, msg);
                 String::new()
             }
             Ok(r) => {
@@ -242,7 +243,7 @@ impl Policy {
                 {
                     bad(
                         "spec.image",
-                        "ImageNotAllowed",
+                        Reason::ImageNotAllowed,
                         format!(
                             "image {} is not in the allowlist ({}); it names {}",
                             echo(&spec.image),
@@ -257,7 +258,7 @@ impl Policy {
         if spec.privileged == Some(true) {
             bad(
                 "spec.privileged",
-                "ContractViolation",
+                Reason::ContractViolation,
                 "privileged sandboxes are not allowed by the sandbox contract".into(),
             );
         }
@@ -266,7 +267,7 @@ impl Policy {
         {
             bad(
                 "spec.networkMode",
-                "ContractViolation",
+                Reason::ContractViolation,
                 format!(
                     "network mode {} is not allowed: sandboxes have no network (only \"none\")",
                     echo(mode)
@@ -278,7 +279,7 @@ impl Policy {
             Some(u) => match parse_user(u) {
                 Ok(()) => u.clone(),
                 Err(msg) => {
-                    bad("spec.user", "ContractViolation", msg);
+                    bad("spec.user", Reason::ContractViolation, msg);
                     self.default_user.clone()
                 }
             },
@@ -287,7 +288,7 @@ impl Policy {
             if arg.contains('\0') {
                 bad(
                     &format!("spec.command[{i}]"),
-                    "Invalid",
+                    Reason::Invalid,
                     "must not contain NUL".into(),
                 );
             }
@@ -296,7 +297,7 @@ impl Policy {
             if k.is_empty() || k.contains('=') || k.contains('\0') || val.contains('\0') {
                 bad(
                     &format!("spec.env.{k}"),
-                    "Invalid",
+                    Reason::Invalid,
                     "environment names must be non-empty and contain no '=' or NUL".into(),
                 );
             }
@@ -308,7 +309,7 @@ impl Policy {
                 Ok(m) if m < limits::MIN_MEMORY_BYTES => {
                     bad(
                         "spec.resources.memory",
-                        "OutOfRange",
+                        Reason::OutOfRange,
                         format!(
                             "{} is below the 6Mi minimum (the engine refuses less)",
                             shown(q)
@@ -319,7 +320,7 @@ impl Policy {
                 Ok(m) if m > self.max_memory => {
                     bad(
                         "spec.resources.memory",
-                        "ContractViolation",
+                        Reason::ContractViolation,
                         format!(
                             "{} exceeds the maximum of {} bytes",
                             shown(q),
@@ -330,7 +331,7 @@ impl Policy {
                 }
                 Ok(m) => m,
                 Err(msg) => {
-                    bad("spec.resources.memory", "Invalid", msg);
+                    bad("spec.resources.memory", Reason::Invalid, msg);
                     self.default_memory
                 }
             },
@@ -341,7 +342,7 @@ impl Policy {
                 Ok(c) if c > self.max_nano_cpus => {
                     bad(
                         "spec.resources.cpus",
-                        "ContractViolation",
+                        Reason::ContractViolation,
                         format!(
                             "{} exceeds the maximum of {} cpus",
                             shown(q),
@@ -352,7 +353,7 @@ impl Policy {
                 }
                 Ok(c) => c,
                 Err(msg) => {
-                    bad("spec.resources.cpus", "Invalid", msg);
+                    bad("spec.resources.cpus", Reason::Invalid, msg);
                     self.default_nano_cpus
                 }
             },
@@ -362,7 +363,7 @@ impl Policy {
             Some(p) if p < limits::MIN_PIDS => {
                 bad(
                     "spec.resources.pids",
-                    "OutOfRange",
+                    Reason::OutOfRange,
                     format!("{p} must be at least {}", limits::MIN_PIDS),
                 );
                 self.default_pids
@@ -370,7 +371,7 @@ impl Policy {
             Some(p) if p > self.max_pids => {
                 bad(
                     "spec.resources.pids",
-                    "ContractViolation",
+                    Reason::ContractViolation,
                     format!("{p} exceeds the maximum of {}", self.max_pids),
                 );
                 self.default_pids

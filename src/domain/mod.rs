@@ -10,6 +10,7 @@
 //! - [`admission`]: the one validation path for every write of desired state.
 //! - [`selector`]: Kubernetes label selectors.
 //! - [`plan`]: the planning core, desired + observed → actions.
+//! - [`reason`]: the one vocabulary of machine-readable reasons (status, events, violations).
 //! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
 //! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
 //! - [`wait`]: what waiting for a phase or a deletion means, decided per observation.
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod parse;
 pub mod plan;
 pub mod queue;
+pub mod reason;
 pub mod resource;
 pub mod selector;
 pub mod wait;

@@ -11,6 +11,7 @@ use bollard::models::ContainerCreateBody;
 use chrono::{DateTime, Utc};
 
 use crate::domain::contract::{Identity, Policy, container_name};
+use crate::domain::reason::Reason;
 use crate::domain::resource::{Condition, Phase, RestartPolicy, Session, SessionStatus};
 
 /// Docker's view of a container's state.
@@ -244,7 +245,7 @@ impl StatusCtx<'_> {
         phase: Phase,
         container_id: Option<String>,
         restart_count: u32,
-        reason: Option<&str>,
+        reason: Option<Reason>,
         message: Option<String>,
     ) -> SessionStatus {
         let ready = if phase == Phase::Running {
@@ -264,13 +265,13 @@ impl StatusCtx<'_> {
             container_id,
             observed_generation: self.generation,
             restart_count,
-            reason: reason.map(str::to_string),
+            reason: reason.map(String::from),
             message: message.clone(),
             conditions: vec![Condition {
                 type_: "Ready".into(),
                 status: ready.into(),
                 last_transition_time,
-                reason: reason.map(str::to_string),
+                reason: reason.map(String::from),
                 message,
             }],
         }
@@ -435,9 +436,9 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
             };
             if !restart {
                 let (phase, reason) = if code == 0 {
-                    (Phase::Succeeded, "Completed")
+                    (Phase::Succeeded, Reason::Completed)
                 } else {
-                    (Phase::Failed, "Error")
+                    (Phase::Failed, Reason::Error)
                 };
                 out.status = Some(ctx.status(
                     phase,
@@ -482,7 +483,7 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
                     Phase::BackOff,
                     Some(keeper.id.clone()),
                     restarts,
-                    Some("CrashLoopBackOff"),
+                    Some(Reason::CrashLoopBackOff),
                     Some(format!(
                         "back-off {:.1}s restarting sandbox that exited with code {code}{why}",
                         delay.as_secs_f64()

@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use super::limits::{StreamKind, supervised};
 use super::{ApiError, AppState, Status};
 use crate::chat::service::{ChatError, ChatEvent, ChatService};
+use crate::domain::reason::Reason;
 use crate::store::StoreError;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -132,7 +133,7 @@ pub(super) async fn chat(
         if !supervised(&metrics, "chat_turn", run).await {
             let _ = tx
                 .send(ChatEvent::Error {
-                    reason: "InternalError".into(),
+                    reason: Reason::InternalError,
                     message: "the chat turn failed unexpectedly".into(),
                 })
                 .await;

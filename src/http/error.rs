@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::domain::admission::AdmissionError;
 use crate::domain::parse::ParseError;
+use crate::domain::reason::Reason;
 use crate::ops::OpsError;
 use crate::store::StoreError;
 
@@ -180,7 +181,7 @@ impl From<ParseError> for ApiError {
             ParseError::Read { .. } => String::new(),
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg)
-            .with_details(json!({"causes": [{"field": field, "reason": "Invalid"}]}))
+            .with_details(json!({"causes": [{"field": field, "reason": Reason::Invalid}]}))
     }
 }
 

@@ -13,6 +13,7 @@ use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
+use crate::domain::reason::Reason;
 use crate::metrics::Metrics;
 
 /// The longest duration a request may ask for (`timeout=`): 10 minutes.
@@ -142,7 +143,7 @@ pub(crate) fn request_duration(field: &str, raw: &str) -> Result<Duration, ApiEr
             "BadRequest",
             format!("{field}={}: {why}", raw.escape_debug()),
         )
-        .with_details(serde_json::json!({"causes": [{"field": field, "reason": "Invalid"}]}))
+        .with_details(serde_json::json!({"causes": [{"field": field, "reason": Reason::Invalid}]}))
     };
     let d = humantime::parse_duration(raw).map_err(|e| bad(e.to_string()))?;
     if d > MAX_REQUEST_TIMEOUT {

@@ -21,6 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::limits::{StreamKind, StreamPermit, request_duration, supervised};
 use super::{ApiError, AppState, Status};
 use crate::domain::parse;
+use crate::domain::reason::Reason;
 use crate::domain::resource::{API_VERSION, Phase, Session, SessionStatus};
 use crate::domain::selector::Selector;
 use crate::domain::wait::{Condition, Progress, Waiter};
@@ -455,7 +456,7 @@ pub(super) async fn replace(
                 desired.metadata.name
             ),
         )
-        .with_details(json!({"causes": [{"field": "metadata.name", "reason": "Invalid"}]})));
+        .with_details(json!({"causes": [{"field": "metadata.name", "reason": Reason::Invalid}]})));
     }
     if let Some(rv) = if_match(&headers) {
         desired.metadata.resource_version = Some(rv);
