@@ -453,7 +453,7 @@ pub async fn delete(
 
 /// A rollout restart (`restart NAME`, `POST .../restart`): set the session's restart marker
 /// ([`RESTARTED_AT_ANNOTATION`]) to now, which moves its generation and changes its
-/// sandbox's hash, so the controller replaces the sandbox; recorded as a `Restarted` event.
+/// sandbox's hash, so the controller replaces the sandbox; recorded as a `RestartRequested` event.
 /// Allowed whoever owns the session (it changes no desired setting), retried on a lost race.
 pub async fn restart(store: &Store, name: &str, writer: &str) -> Result<Session, OpsError> {
     for _ in 0..5 {
@@ -479,7 +479,7 @@ pub async fn restart(store: &Store, name: &str, writer: &str) -> Result<Session,
                 let event = crate::store::SessionEvent {
                     time: now,
                     type_: "Normal".into(),
-                    reason: "Restarted".into(),
+                    reason: crate::domain::reason::Reason::RestartRequested.to_string(),
                     message: format!(
                         "restart requested by {writer} (generation {})",
                         updated.generation()

@@ -173,7 +173,7 @@ async fn selectors_wide_names_wait_restart_logs_prune_in_both_modes() {
             gen_before["metadata"]["generation"].as_i64().map(|g| g + 1)
         );
         let described = ok(&env, server, &["describe", &a1]);
-        assert!(described.contains("Restarted"), "{described}");
+        assert!(described.contains("RestartRequested"), "{described}");
         // Re-applying the file does not undo the restart (no second recreate).
         ok(&env, server, &["apply", "-f", f]);
         ok(

@@ -111,7 +111,7 @@ enum Command {
     /// Wait until sessions reach a phase (`--for=phase=Running`) or are gone
     /// (`--for=delete`).
     Wait(WaitArgs),
-    /// Recreate sessions' sandboxes on purpose (a rollout restart), recorded as an event.
+    /// Recreate sessions' sandboxes on purpose (a rollout restart), recorded as an event (`RestartRequested`).
     Restart {
         /// Session names.
         #[arg(required = true)]

@@ -12,45 +12,27 @@
 //! The Kubernetes `Status` reasons of HTTP error bodies (`NotFound`, `Conflict`,
 //! `AlreadyExists`, ...) are a separate vocabulary, kept in [`crate::http`].
 
-use std::fmt;
-use std::str::FromStr;
+use serde::{Deserialize, Serialize};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-macro_rules! reasons {
-    ($($(#[$doc:meta])* $variant:ident,)*) => {
-        /// A machine-readable reason. The string form is the variant's name.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Reason {
-            $($(#[$doc])* $variant,)*
-        }
-
-        impl Reason {
-            /// Every reason, in declaration order.
-            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
-
-            /// The stable string form.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $(Reason::$variant => stringify!($variant),)*
-                }
-            }
-        }
-
-        impl FromStr for Reason {
-            type Err = UnknownReason;
-
-            fn from_str(s: &str) -> Result<Reason, UnknownReason> {
-                match s {
-                    $(stringify!($variant) => Ok(Reason::$variant),)*
-                    _ => Err(UnknownReason(s.to_string())),
-                }
-            }
-        }
-    };
-}
-
-reasons! {
+/// A machine-readable reason. The string form is the variant's name (strum for the
+/// string conversions and the list of variants, serde for JSON: the same names).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+)]
+pub enum Reason {
     // --- Status reasons set by the planner (`domain::plan`).
     /// The sandbox exited with code 0 and its restart policy does not restart it; the
     /// session is `Succeeded`.
@@ -99,6 +81,9 @@ reasons! {
     Provisioned,
     /// Normal: the session's stopped container was started again.
     Restarted,
+    /// Normal: a rollout restart was asked for (`restart`, `POST .../restart`); the
+    /// sandbox is replaced.
+    RestartRequested,
     /// Normal: one of the session's containers was removed (drift, duplicate, expiry,
     /// contract violation); the message says which.
     Removed,
@@ -130,14 +115,13 @@ reasons! {
     InternalError,
 }
 
-/// A string that names no [`Reason`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown reason {0:?}")]
-pub struct UnknownReason(pub String);
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: &'static [Reason] = <Reason as strum::VariantArray>::VARIANTS;
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
+    /// The stable string form.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -162,21 +146,6 @@ impl PartialEq<str> for Reason {
 impl PartialEq<&str> for Reason {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
-    }
-}
-
-impl Serialize for Reason {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-/// Strict: an unknown string is an error. Stored objects keep reasons as strings, so this is
-/// only for places that want a known reason.
-impl<'de> Deserialize<'de> for Reason {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -212,6 +181,6 @@ mod tests {
         assert_eq!(Reason::ImageNotAllowed.as_str(), "ImageNotAllowed");
         assert_eq!(Reason::InvalidSpecFile.as_str(), "InvalidSpecFile");
         assert_eq!(Reason::SourceConflict.as_str(), "SourceConflict");
-        assert_eq!(Reason::ALL.len(), 27);
+        assert_eq!(Reason::ALL.len(), 28);
     }
 }

@@ -553,7 +553,7 @@ pub(super) async fn remove(
 }
 
 /// A rollout restart: the sandbox is recreated (its restart marker moves the generation and
-/// the spec hash); recorded as a `Restarted` event.
+/// the spec hash); recorded as a `RestartRequested` event.
 #[utoipa::path(post, path = "/api/v1/sessions/{name}/restart", tag = "sessions", params(("name" = String, Path, description = "Session name")),
     responses(
         (status = 200, description = "Restart requested; the session as stored", body = Session),
