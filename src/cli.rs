@@ -833,7 +833,7 @@ async fn wait_for_signal() {
 
 /// Parse and admit every document first; refuse everything when anything is wrong.
 fn load_valid(files: &[PathBuf], policy: &Policy) -> anyhow::Result<Vec<parse::Document>> {
-    let docs = parse::load_paths(files)?;
+    let docs = crate::files::load_paths(files)?;
     if docs.is_empty() {
         bail!(
             "no Session documents found in {}",
@@ -844,25 +844,7 @@ fn load_valid(files: &[PathBuf], policy: &Policy) -> anyhow::Result<Vec<parse::D
                 .join(", ")
         );
     }
-    let mut errors = Vec::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
-    for d in &docs {
-        if let Err(e) = crate::domain::admission::validate(&d.session, policy) {
-            for v in e.violations() {
-                errors.push(format!("{}: {}", d.origin.at(&v.path), v.message));
-            }
-        }
-        if let Some(prev) = seen.insert(d.session.metadata.name.clone(), d.origin.at("")) {
-            errors.push(format!(
-                "{}: session {:?} is also declared at {prev}",
-                d.origin.at("metadata.name"),
-                d.session.metadata.name
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        bail!("{}", errors.join("; "));
-    }
+    crate::domain::admission::validate_documents(&docs, policy)?;
     Ok(docs)
 }
 
@@ -1224,7 +1206,7 @@ async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
     let mut names = a.names.clone();
     if !a.files.is_empty() {
         names.extend(
-            parse::load_paths(&a.files)?
+            crate::files::load_paths(&a.files)?
                 .into_iter()
                 .map(|d| d.session.metadata.name),
         );
