@@ -5,7 +5,8 @@
 //!
 //! ## Layout
 //! - [`resource`]: the `Session` resource types (pure data, JSON Schema via schemars).
-//! - [`parse`]: files and stdin → sessions, errors naming file, document and field.
+//! - [`parse`]: text → sessions, errors naming file, document and field.
+//! - [`files`]: `-f` files, directories and stdin → [`domain::parse`] (the IO edge of parsing).
 //! - [`contract`]: the sandbox contract — the one place hardening is decided.
 //! - [`admission`]: the one validation path for every write of desired state.
 //! - [`limits`]: every input bound (sizes, counts, ranges, parse budget), in one place.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod domain;
+pub mod files;
 pub mod http;
 pub mod metrics;
 pub mod ops;

@@ -24,7 +24,7 @@ use crate::runtime::LogQuery;
 /// Parse and admit every document first; refuse everything when anything is wrong. Errors
 /// name the file, the document and the field, and the policy used.
 fn load_valid(files: &[PathBuf], policy: &PolicyInUse) -> anyhow::Result<Vec<parse::Document>> {
-    let docs = parse::load_paths(files)?;
+    let docs = crate::files::load_paths(files)?;
     if docs.is_empty() {
         bail!(
             "no Session documents found in {}",
@@ -35,25 +35,8 @@ fn load_valid(files: &[PathBuf], policy: &PolicyInUse) -> anyhow::Result<Vec<par
                 .join(", ")
         );
     }
-    let mut errors = Vec::new();
-    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for d in &docs {
-        if let Err(e) = crate::domain::admission::validate(&d.session, &policy.policy) {
-            for v in e.violations() {
-                errors.push(format!("{}: {}", d.origin.at(&v.path), v.message));
-            }
-        }
-        if let Some(prev) = seen.insert(d.session.metadata.name.clone(), d.origin.at("")) {
-            errors.push(format!(
-                "{}: session {:?} is also declared at {prev}",
-                d.origin.at("metadata.name"),
-                d.session.metadata.name
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        bail!("{} (checked with {})", errors.join("; "), policy.source);
-    }
+    crate::domain::admission::validate_documents(&docs, &policy.policy)
+        .map_err(|e| anyhow!("{e} (checked with {})", policy.source))?;
     Ok(docs)
 }
 
@@ -332,7 +315,7 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
     let mut names = a.names.clone();
     if !a.files.is_empty() {
         names.extend(
-            parse::load_paths(&a.files)?
+            crate::files::load_paths(&a.files)?
                 .into_iter()
                 .map(|d| d.session.metadata.name),
         );

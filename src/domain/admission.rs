@@ -1,11 +1,16 @@
 //! Admission: the one path every write of a desired Session goes through (CLI, HTTP API,
 //! specs directory). It checks the envelope (`apiVersion`, `kind`, `metadata`) and asks
 //! [`crate::domain::contract`] whether the spec fits the sandbox contract.
+//! [`validate_documents`] does the same for every document of a file (or of one CLI
+//! command) at once, and refuses a session name declared twice among them.
 //!
 //! No IO happens here.
 
+use std::collections::HashMap;
+
 use crate::domain::contract::{Policy, Violation};
 use crate::domain::limits::{self, echo, escape, human_bytes};
+use crate::domain::parse::Document;
 use crate::domain::reason::Reason;
 use crate::domain::resource::{API_VERSION, KIND, Session};
 
@@ -261,6 +266,63 @@ pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError
     }
 }
 
+/// One problem [`validate_documents`] found, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentViolation {
+    /// `file: document N: field.path`, see [`crate::domain::parse::Origin::at`].
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for DocumentViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Why a set of documents was refused: every problem, in document order, `; `-separated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", join_documents(.0))]
+pub struct InvalidDocuments(pub Vec<DocumentViolation>);
+
+fn join_documents(v: &[DocumentViolation]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Admit a set of parsed documents as one unit (a spec file, or every file of one CLI
+/// command): each must pass [`validate`], and no session name may be declared twice among
+/// them. All of them pass, or every problem is returned, in document order (a document's
+/// violations, then its duplicate name).
+pub fn validate_documents(docs: &[Document], policy: &Policy) -> Result<(), InvalidDocuments> {
+    let mut errors = Vec::new();
+    let mut seen: HashMap<&str, String> = HashMap::new();
+    for d in docs {
+        if let Err(e) = validate(&d.session, policy) {
+            for v in e.violations() {
+                errors.push(DocumentViolation {
+                    location: d.origin.at(&v.path),
+                    message: v.message.clone(),
+                });
+            }
+        }
+        if let Some(prev) = seen.insert(d.session.name(), d.origin.at("")) {
+            errors.push(DocumentViolation {
+                location: d.origin.at("metadata.name"),
+                message: format!("session {:?} is also declared at {prev}", d.session.name()),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidDocuments(errors))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +354,29 @@ mod tests {
         let paths: Vec<_> = err.violations().iter().map(|v| v.path.clone()).collect();
         assert_eq!(paths, ["kind", "metadata.name", "spec.image"]);
         assert!(validate(&Session::new("ok", "mcp-server:latest"), &Policy::default()).is_ok());
+    }
+
+    #[test]
+    fn documents_are_admitted_together_and_names_are_unique() {
+        let text = "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: a}\nspec: {image: 'mcp-server:latest'}\n---\napiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: a}\nspec: {image: alpine}\n";
+        let docs = crate::domain::parse::parse_str("f.yaml", text).unwrap();
+        let err = validate_documents(&docs, &Policy::default()).unwrap_err();
+        let locations: Vec<_> = err.0.iter().map(|v| v.location.as_str()).collect();
+        assert_eq!(
+            locations,
+            [
+                "f.yaml: document 1: spec.image",
+                "f.yaml: document 1: metadata.name"
+            ]
+        );
+        assert!(
+            err.to_string().ends_with(
+                "; f.yaml: document 1: metadata.name: session \"a\" is also declared at f.yaml: document 0"
+            ),
+            "{err}"
+        );
+        assert!(validate_documents(&docs[..1], &Policy::default()).is_ok());
+        assert!(validate_documents(&[], &Policy::default()).is_ok());
     }
 
     fn reasons(s: &Session) -> Vec<(String, &'static str)> {

@@ -1,8 +1,10 @@
-//! Reading Session documents from files, directories and stdin.
+//! Parsing Session documents from text: pure, no IO.
 //!
 //! A file may hold one JSON object, several YAML documents, or a list (`{"items": [...]}`).
 //! Every error names the file, the document index (0-based) and the field path. Parsing does
-//! not validate the sandbox contract; that is [`crate::domain::admission`]'s job.
+//! not validate the sandbox contract; that is [`crate::domain::admission`]'s job. Reading
+//! files, directories and stdin is [`crate::files`]'s job; it hands the bytes to
+//! [`parse_bytes`].
 //!
 //! Parsing is bounded before it builds anything (see [`crate::domain::limits`]): the input size, then
 //! a streaming pass over the YAML events (or the JSON text) that stops at the first nesting
@@ -11,7 +13,7 @@
 //! be a mapping. [`parse_str`] and [`parse_bytes`] are pure functions of their input (no IO),
 //! safe to run on a blocking thread.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::collections::HashMap;
 
@@ -56,18 +58,9 @@ pub struct Document {
     pub session: Session,
 }
 
-/// Why a file could not be turned into sessions.
+/// Why a text could not be turned into sessions.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    /// The file or directory could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The path.
-        file: String,
-        /// The IO error.
-        #[source]
-        source: std::io::Error,
-    },
     /// A document is not valid YAML/JSON or does not fit the Session schema.
     #[error("{location}: {message}")]
     Invalid {
@@ -90,7 +83,7 @@ impl ParseError {
 }
 
 /// Does this file name count as a spec file (`*.yaml`, `*.yml`, `*.json`, not hidden, not an
-/// editor temp file)?
+/// editor temp file)? Looks at the name only, never at the file system.
 pub fn is_spec_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
@@ -102,69 +95,6 @@ pub fn is_spec_file(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")
     )
-}
-
-/// Expand `-f` arguments: files as given, directories to their spec files (non-recursive,
-/// sorted), `-` for stdin.
-pub fn expand_paths(args: &[PathBuf]) -> Result<Vec<PathBuf>, ParseError> {
-    let mut out = Vec::new();
-    for arg in args {
-        if arg.as_os_str() == "-" {
-            out.push(arg.clone());
-            continue;
-        }
-        let meta = std::fs::metadata(arg).map_err(|source| ParseError::Read {
-            file: arg.display().to_string(),
-            source,
-        })?;
-        if meta.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(arg)
-                .map_err(|source| ParseError::Read {
-                    file: arg.display().to_string(),
-                    source,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && is_spec_file(p))
-                .collect();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(arg.clone());
-        }
-    }
-    Ok(out)
-}
-
-/// Read and parse every document of the given paths (see [`expand_paths`]).
-pub fn load_paths(args: &[PathBuf]) -> Result<Vec<Document>, ParseError> {
-    let mut docs = Vec::new();
-    for path in expand_paths(args)? {
-        let name = if path.as_os_str() == "-" {
-            "-".to_string()
-        } else {
-            path.display().to_string()
-        };
-        let read = |source| ParseError::Read {
-            file: escape(&name),
-            source,
-        };
-        let bytes = if path.as_os_str() == "-" {
-            read_bounded(std::io::stdin().lock()).map_err(read)?
-        } else {
-            read_bounded(std::fs::File::open(&path).map_err(read)?).map_err(read)?
-        };
-        docs.extend(parse_bytes(&name, &bytes)?);
-    }
-    Ok(docs)
-}
-
-/// Read at most one byte more than [`limits::MAX_INPUT_BYTES`], so a huge file or stream is
-/// never read whole; [`parse_bytes`] then refuses it by its size.
-fn read_bounded(r: impl std::io::Read) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let cap = u64::try_from(limits::MAX_INPUT_BYTES).unwrap_or(u64::MAX);
-    std::io::Read::read_to_end(&mut std::io::Read::take(r, cap.saturating_add(1)), &mut buf)?;
-    Ok(buf)
 }
 
 /// Parse the raw bytes of one file or body: refused when larger than

@@ -178,7 +178,6 @@ impl From<ParseError> for ApiError {
             ParseError::Invalid { location, .. } => {
                 location.split(": ").nth(2).unwrap_or_default().to_string()
             }
-            ParseError::Read { .. } => String::new(),
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg)
             .with_details(json!({"causes": [{"field": field, "reason": Reason::Invalid}]}))

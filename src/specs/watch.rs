@@ -1,38 +1,8 @@
-//! The specs directory: a watched folder of Session files (GitOps, like the kubelet's
-//! static pods).
-//!
-//! Every `*.yaml`, `*.yml` and `*.json` file directly in the directory (not in
-//! subdirectories; dotfiles and editor temp files are ignored, see
-//! [`crate::domain::parse::is_spec_file`]) declares sessions. Each session it declares is applied
-//! with the source `file:<absolute path>` (the directory is canonicalised once, at start),
-//! which [`crate::ops`] uses to keep files and the API/CLI from overwriting each other.
-//!
-//! ## How it works
-//! - IO is thin: [`run`] watches the directory (and its parent, to notice the directory
-//!   itself being removed, renamed or re-created) through `notify` with a debouncer, reads
-//!   the files an event names, lists the store, and executes a plan.
-//! - The decision is pure: [`plan`] gets the files (their text, or that they are gone) and
-//!   the stored sessions, and says per file what to apply, what to delete and what to report.
-//! - A file is applied all-or-nothing at the validation stage: if any document fails to parse
-//!   or to pass admission, nothing of it is written and the sessions it declared earlier stay
-//!   as they are.
-//! - At start, after a directory event (removed, re-created, renamed) and when the watcher
-//!   lost events, the whole directory is synced: sessions of files that are gone are deleted.
-//!   Otherwise only the files an event names are looked at.
-//!
-//! ## Reporting
-//! An invalid file, or a file declaring a session that another source owns (a conflict),
-//! is reported
-//! - in the log: one `warn` line naming the file, the document and the field;
-//! - as a `Warning` event (`InvalidSpecFile` / `SourceConflict`) on each session concerned
-//!   (`describe` shows it);
-//! - in the store's hash `mcpo:<instance>:specfiles` (source → event), see
-//!   [`Store::spec_file_problems`], until the file is fixed or removed.
-//!
-//! A conflicted file is not retried in a loop: it is looked at again when it changes, when
-//! the orchestrator starts, and once after this directory deletes a session (which may have
-//! been the session it conflicted with).
+//! The IO part of the specs directory: the `notify` watcher with its debouncer, reading the
+//! files an event names (or the whole directory), and the [`Syncer`] that executes
+//! [`plan()`]s through [`crate::ops`] and reports problems in the store.
 
+use crate::domain::reason::Reason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,208 +15,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::domain::admission;
+use super::plan::{FileAction, FileContent, Scope, in_dir, plan, source_of};
+use super::{DEBOUNCE, MAX_FILE_SIZE, REASON_CONFLICT, REASON_INVALID, SpecsError};
 use crate::domain::contract::Policy;
 use crate::domain::parse;
 use crate::domain::resource::Session;
 use crate::ops::{self, Applied, OpsError};
 use crate::store::{SessionEvent, Store, StoreError};
 
-/// Quiet time the debouncer waits for after the last event on a path.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
-/// Largest spec file read; bigger files are reported as invalid.
-pub const MAX_FILE_SIZE: u64 = crate::domain::limits::MAX_INPUT_BYTES as u64;
-/// Event reason for an invalid file.
-pub const REASON_INVALID: &str = "InvalidSpecFile";
-/// Event reason for a file declaring a session another source owns.
-pub const REASON_CONFLICT: &str = "SourceConflict";
-
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Specs-directory failures.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecsError {
-    /// The directory exists but cannot be listed.
-    #[error("cannot list the specs directory {path}: {source}")]
-    List {
-        /// The directory.
-        path: String,
-        /// The IO error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The store failed; the sync is retried with backoff.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-// ---------------------------------------------------------------------------------------
-// The pure part.
-
-/// What a spec file holds now, as read from disk.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FileContent {
-    /// Its text.
-    Text(String),
-    /// It exists but cannot be read; the message says why.
-    Unreadable(String),
-    /// It no longer exists (or is no longer a regular file).
-    Gone,
-}
-
-/// Which part of the directory a sync covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every file: the files given are all there is, so a stored session whose file is not
-    /// among them is deleted.
-    Full,
-    /// Only the files given; sessions of other files are not looked at.
-    Files,
-}
-
-/// What to do about one file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FileAction {
-    /// The file is valid: apply its sessions (in file order) and delete the sessions it
-    /// declared before but no longer does.
-    Apply {
-        /// The sessions, admitted, without `resourceVersion`.
-        sessions: Vec<Session>,
-        /// Names it no longer declares.
-        delete: Vec<String>,
-    },
-    /// The file is gone: delete every session it declared.
-    Remove {
-        /// Names it declared.
-        delete: Vec<String>,
-    },
-    /// The file is invalid: write nothing, report `message` (one line naming file, document
-    /// and field) on the sessions it declared before.
-    Invalid {
-        /// Every error, `; `-separated.
-        message: String,
-        /// Names it declared before (left untouched).
-        declared: Vec<String>,
-    },
-}
-
-/// The plan for one file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FilePlan {
-    /// `file:<absolute path>`.
-    pub source: String,
-    /// What to do.
-    pub action: FileAction,
-}
-
-/// The source of a file in the specs directory.
-pub fn source_of(path: &Path) -> String {
-    format!("file:{}", path.display())
-}
-
-/// Is `source` a file directly in the directory whose sources start with `prefix`
-/// (`file:<dir>/`)?
-fn in_dir<'a>(prefix: &str, source: &'a str) -> Option<&'a str> {
-    source
-        .strip_prefix(prefix)
-        .filter(|name| !name.is_empty() && !name.contains('/'))
-}
-
-/// Parse and admit every document of a file; all of them, or the list of errors.
-pub fn validate_file(file: &str, text: &str, policy: &Policy) -> Result<Vec<Session>, String> {
-    let docs = parse::parse_str(file, text).map_err(|e| e.to_string())?;
-    let mut errors = Vec::new();
-    let mut seen: BTreeMap<&str, String> = BTreeMap::new();
-    for d in &docs {
-        if let Err(e) = admission::validate(&d.session, policy) {
-            for v in e.violations() {
-                errors.push(format!("{}: {}", d.origin.at(&v.path), v.message));
-            }
-        }
-        if let Some(prev) = seen.insert(d.session.name(), d.origin.at("")) {
-            errors.push(format!(
-                "{}: session {:?} is also declared at {prev}",
-                d.origin.at("metadata.name"),
-                d.session.name()
-            ));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors.join("; "));
-    }
-    Ok(docs
-        .into_iter()
-        .map(|d| {
-            let mut s = d.session;
-            // A file is declarative: a resourceVersion in it would be a stale precondition
-            // forever.
-            s.metadata.resource_version = None;
-            s
-        })
-        .collect())
-}
-
-/// Decide what to do. `prefix` is `file:<dir>/`; `files` maps the source of each file looked
-/// at to its content; `stored` is every session in the store (only those whose source is a
-/// file directly in the directory matter). With [`Scope::Full`], files that declared
-/// sessions but are not in `files` are gone. No IO; the result is sorted by source.
-pub fn plan(
-    prefix: &str,
-    files: &BTreeMap<String, FileContent>,
-    stored: &[Session],
-    scope: Scope,
-    policy: &Policy,
-) -> Vec<FilePlan> {
-    let mut declared: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for s in stored {
-        if let Some(src) = s.source()
-            && in_dir(prefix, src).is_some()
-        {
-            declared.entry(src).or_default().push(s.name().to_string());
-        }
-    }
-    let mut sources: BTreeSet<&str> = files.keys().map(String::as_str).collect();
-    if scope == Scope::Full {
-        sources.extend(declared.keys().copied());
-    }
-    sources
-        .into_iter()
-        .map(|source| {
-            let mut before = declared.get(source).cloned().unwrap_or_default();
-            before.sort();
-            let file = source.strip_prefix("file:").unwrap_or(source);
-            let action = match files.get(source).unwrap_or(&FileContent::Gone) {
-                FileContent::Gone => FileAction::Remove { delete: before },
-                FileContent::Unreadable(why) => FileAction::Invalid {
-                    message: format!("{file}: cannot read: {why}"),
-                    declared: before,
-                },
-                FileContent::Text(text) => match validate_file(file, text, policy) {
-                    Ok(sessions) => {
-                        let now: BTreeSet<&str> = sessions.iter().map(Session::name).collect();
-                        let delete = before
-                            .into_iter()
-                            .filter(|n| !now.contains(n.as_str()))
-                            .collect();
-                        FileAction::Apply { sessions, delete }
-                    }
-                    Err(message) => FileAction::Invalid {
-                        message,
-                        declared: before,
-                    },
-                },
-            };
-            FilePlan {
-                source: source.to_string(),
-                action,
-            }
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// The IO part.
 
 /// What a sync must look at.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -342,7 +120,7 @@ fn read_files(dir: &Path, work: &Work) -> Result<BTreeMap<String, FileContent>, 
     Ok(out)
 }
 
-fn warning(reason: &str, message: String) -> SessionEvent {
+fn warning(reason: Reason, message: String) -> SessionEvent {
     SessionEvent {
         time: Utc::now(),
         type_: "Warning".into(),
@@ -378,7 +156,7 @@ struct Syncer {
 #[derive(Default)]
 struct Outcome {
     problems: Vec<String>,
-    reason: &'static str,
+    reason: Option<Reason>,
     retry: bool,
 }
 
@@ -438,7 +216,7 @@ impl Syncer {
                     Err(e) => {
                         warn!(file = %file_of(&p.source), session = %name, error = %e, "cannot delete the session");
                         out.problems.push(e.to_string());
-                        out.reason = REASON_CONFLICT;
+                        out.reason = Some(REASON_CONFLICT);
                     }
                 }
             }
@@ -457,7 +235,7 @@ impl Syncer {
                 FileAction::Invalid { message, declared } => {
                     warn!(file = %file, error = %message, "invalid specs file; nothing of it is applied and its sessions are left unchanged");
                     out.problems.push(message.clone());
-                    out.reason = REASON_INVALID;
+                    out.reason = Some(REASON_INVALID);
                     for name in declared {
                         let event = warning(
                             REASON_INVALID,
@@ -473,13 +251,17 @@ impl Syncer {
 
         let mut retry = Work::default();
         for (source, out) in &outcomes {
-            if out.reason == REASON_CONFLICT && !out.problems.is_empty() {
+            if out.reason == Some(REASON_CONFLICT) && !out.problems.is_empty() {
                 self.conflicted.insert(source.clone());
             } else {
                 self.conflicted.remove(source);
             }
-            let problem =
-                (!out.problems.is_empty()).then(|| warning(out.reason, out.problems.join("; ")));
+            let problem = (!out.problems.is_empty()).then(|| {
+                warning(
+                    out.reason.unwrap_or(REASON_INVALID),
+                    out.problems.join("; "),
+                )
+            });
             let recorded = self
                 .store
                 .set_spec_file_problem(source, problem.as_ref())
@@ -538,7 +320,7 @@ impl Syncer {
                 let event = SessionEvent {
                     time: Utc::now(),
                     type_: "Normal".into(),
-                    reason: "SpecFileApplied".into(),
+                    reason: Reason::SpecFileApplied.to_string(),
                     message: format!("{what} from {file}"),
                 };
                 if let Err(e) = self.store.record_event(s.name(), &event).await {
@@ -556,7 +338,7 @@ impl Syncer {
                     warn!(session = %s.name(), error = %e, "cannot record an event");
                 }
                 out.problems.push(message);
-                out.reason = REASON_CONFLICT;
+                out.reason = Some(REASON_CONFLICT);
             }
             Err(e) if transient(&e) => {
                 warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session; retrying");
@@ -565,8 +347,8 @@ impl Syncer {
             Err(e) => {
                 warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session");
                 out.problems.push(format!("{file}: {e}"));
-                if out.reason.is_empty() {
-                    out.reason = REASON_INVALID;
+                if out.reason.is_none() {
+                    out.reason = Some(REASON_INVALID);
                 }
             }
         }
@@ -737,244 +519,6 @@ fn absorb(s: Signal, dir: &Path, debouncer: Option<&mut Watcher>, work: &mut Wor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::resource::SOURCE_ANNOTATION;
-
-    const PREFIX: &str = "file:/specs/";
-
-    fn policy() -> Policy {
-        Policy::default()
-    }
-
-    fn yaml(name: &str, extra: &str) -> String {
-        format!(
-            "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {{name: {name}}}\nspec:\n  image: mcp-server:latest\n{extra}"
-        )
-    }
-
-    fn stored(name: &str, source: &str) -> Session {
-        let mut s = Session::new(name, "mcp-server:latest");
-        s.metadata
-            .annotations
-            .insert(SOURCE_ANNOTATION.into(), source.into());
-        s.metadata.resource_version = Some("7".into());
-        s
-    }
-
-    fn files(entries: &[(&str, FileContent)]) -> BTreeMap<String, FileContent> {
-        entries
-            .iter()
-            .map(|(n, c)| (format!("{PREFIX}{n}"), c.clone()))
-            .collect()
-    }
-
-    fn text(s: String) -> FileContent {
-        FileContent::Text(s)
-    }
-
-    fn names(sessions: &[Session]) -> Vec<&str> {
-        sessions.iter().map(Session::name).collect()
-    }
-
-    #[test]
-    fn a_new_file_applies_every_session() {
-        let f = files(&[(
-            "a.yaml",
-            text(format!("{}---\n{}", yaml("x", ""), yaml("y", ""))),
-        )]);
-        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        assert_eq!(p.len(), 1);
-        assert_eq!(p[0].source, "file:/specs/a.yaml");
-        let FileAction::Apply { sessions, delete } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert_eq!(names(sessions), ["x", "y"]);
-        assert!(delete.is_empty());
-    }
-
-    #[test]
-    fn a_changed_file_deletes_what_it_no_longer_declares() {
-        let f = files(&[("a.yaml", text(yaml("y", "  env: {A: '1'}\n")))]);
-        let s = [
-            stored("x", "file:/specs/a.yaml"),
-            stored("y", "file:/specs/a.yaml"),
-        ];
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        let FileAction::Apply { sessions, delete } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert_eq!(names(sessions), ["y"]);
-        assert_eq!(sessions[0].spec.env["A"], "1");
-        assert_eq!(delete, &["x".to_string()]);
-    }
-
-    #[test]
-    fn a_removed_file_deletes_its_sessions_only() {
-        let f = files(&[("a.yaml", FileContent::Gone)]);
-        let s = [
-            stored("x", "file:/specs/a.yaml"),
-            stored("y", "file:/specs/b.yaml"),
-            stored("z", "cli"),
-        ];
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        assert_eq!(
-            p,
-            [FilePlan {
-                source: "file:/specs/a.yaml".into(),
-                action: FileAction::Remove {
-                    delete: vec!["x".into()]
-                }
-            }]
-        );
-    }
-
-    #[test]
-    fn full_scope_removes_files_that_are_gone_and_keeps_everything_else() {
-        let f = files(&[("b.yaml", text(yaml("y", "")))]);
-        let s = [
-            stored("x", "file:/specs/a.yaml"),
-            stored("y", "file:/specs/b.yaml"),
-            stored("z", "cli"),
-            stored("w", "api"),
-            stored("o", "file:/elsewhere/o.yaml"),
-            stored("n", "file:/specs/sub/n.yaml"),
-            stored("u", "file:/specs-other/u.yaml"),
-        ];
-        let p = plan(PREFIX, &f, &s, Scope::Full, &policy());
-        assert_eq!(p.len(), 2, "{p:?}");
-        assert_eq!(
-            p[0].action,
-            FileAction::Remove {
-                delete: vec!["x".into()]
-            }
-        );
-        assert!(matches!(&p[1].action, FileAction::Apply { delete, .. } if delete.is_empty()));
-        // Only the listed file in Files scope: a.yaml is not looked at.
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        assert_eq!(p.len(), 1);
-    }
-
-    #[test]
-    fn an_invalid_file_changes_nothing_and_names_file_document_and_field() {
-        let bad = format!(
-            "{}---\n{}",
-            yaml("x", ""),
-            yaml("y", "  privileged: true\n")
-        );
-        let f = files(&[("a.yaml", text(bad))]);
-        let s = [
-            stored("x", "file:/specs/a.yaml"),
-            stored("old", "file:/specs/a.yaml"),
-        ];
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        let FileAction::Invalid { message, declared } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert!(
-            message.starts_with("/specs/a.yaml: document 1: spec.privileged:"),
-            "{message}"
-        );
-        assert_eq!(declared, &["old".to_string(), "x".to_string()]);
-    }
-
-    #[test]
-    fn a_parse_error_is_invalid_too() {
-        let f = files(&[("a.yaml", text(yaml("x", "  resources: {memroy: 1Gi}\n")))]);
-        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        let FileAction::Invalid { message, declared } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert!(
-            message.starts_with("/specs/a.yaml: document 0: spec.resources"),
-            "{message}"
-        );
-        assert!(declared.is_empty());
-        let f = files(&[("a.json", text("{not json".into()))]);
-        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        assert!(matches!(&p[0].action, FileAction::Invalid { .. }));
-    }
-
-    #[test]
-    fn an_unreadable_file_is_invalid_not_gone() {
-        let f = files(&[(
-            "a.yaml",
-            FileContent::Unreadable("permission denied".into()),
-        )]);
-        let s = [stored("x", "file:/specs/a.yaml")];
-        let p = plan(PREFIX, &f, &s, Scope::Full, &policy());
-        assert_eq!(
-            p[0].action,
-            FileAction::Invalid {
-                message: "/specs/a.yaml: cannot read: permission denied".into(),
-                declared: vec!["x".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn a_name_declared_twice_in_one_file_is_invalid() {
-        let f = files(&[(
-            "a.yaml",
-            text(format!("{}---\n{}", yaml("x", ""), yaml("x", ""))),
-        )]);
-        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        let FileAction::Invalid { message, .. } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert!(message.contains("also declared"), "{message}");
-    }
-
-    #[test]
-    fn an_empty_file_declares_nothing() {
-        let f = files(&[("a.yaml", text("# nothing yet\n".into()))]);
-        let s = [stored("x", "file:/specs/a.yaml")];
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        assert_eq!(
-            p[0].action,
-            FileAction::Apply {
-                sessions: vec![],
-                delete: vec!["x".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn a_resource_version_in_a_file_is_dropped() {
-        let f = files(&[(
-            "a.yaml",
-            text(yaml("x", "").replace("{name: x}", "{name: x, resourceVersion: '3'}")),
-        )]);
-        let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        let FileAction::Apply { sessions, .. } = &p[0].action else {
-            panic!("{p:?}")
-        };
-        assert_eq!(sessions[0].metadata.resource_version, None);
-    }
-
-    #[test]
-    fn a_session_moving_between_files_is_deleted_then_applied() {
-        let f = files(&[("a.yaml", text("".into())), ("b.yaml", text(yaml("x", "")))]);
-        let s = [stored("x", "file:/specs/a.yaml")];
-        let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        assert_eq!(
-            p[0].action,
-            FileAction::Apply {
-                sessions: vec![],
-                delete: vec!["x".into()]
-            }
-        );
-        assert!(
-            matches!(&p[1].action, FileAction::Apply { sessions, .. } if names(sessions) == ["x"])
-        );
-    }
-
-    #[test]
-    fn sources_are_scoped_to_direct_children() {
-        assert_eq!(in_dir(PREFIX, "file:/specs/a.yaml"), Some("a.yaml"));
-        assert_eq!(in_dir(PREFIX, "file:/specs/sub/a.yaml"), None);
-        assert_eq!(in_dir(PREFIX, "file:/specs/"), None);
-        assert_eq!(in_dir(PREFIX, "file:/specsx/a.yaml"), None);
-        assert_eq!(in_dir(PREFIX, "cli"), None);
-    }
 
     #[test]
     fn events_on_the_directory_ask_for_a_full_sync_and_others_name_files() {
