@@ -304,7 +304,7 @@ pub async fn run(
         if !names.contains_key(c.session.as_str()) {
             violations.push(format!(
                 "orphan container {} (session {:?}) after the quiet period",
-                &c.id[..c.id.len().min(12)],
+                crate::runtime::short_id(&c.id),
                 c.session
             ));
         }

@@ -41,7 +41,7 @@ use crate::domain::queue::{Outcome, WorkQueue};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
 use crate::metrics::Metrics;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError, short_id};
 use crate::store::{SessionEvent, Store, StoreError};
 use crate::supervise::{panic_message, supervise};
 
@@ -583,7 +583,7 @@ fn report_foreign(s: &Shared, foreign: Vec<Observed>) {
         if ids(&f) != ids(&foreign) && !foreign.is_empty() {
             warn!(
                 count = foreign.len(),
-                containers = ?foreign.iter().map(|c| format!("{} ({})", short(&c.id), c.session)).collect::<Vec<_>>(),
+                containers = ?foreign.iter().map(|c| format!("{} ({})", short_id(&c.id), c.session)).collect::<Vec<_>>(),
                 "containers of this instance belong to another store (another Redis with the same \
                  instance name, or this store before a reset); they are left alone: see \
                  `mcp-orchestrator foreign`"
@@ -678,14 +678,14 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             match action {
                 Action::Remove { id, reason } => {
                     s.runtime.remove(id).await?;
-                    info!(container_id = %short(id), ?reason, "removed container");
+                    info!(container_id = %short_id(id), ?reason, "removed container");
                     if session.is_some() {
                         event(
                             s,
                             name,
                             "Normal",
                             Reason::Removed,
-                            format!("removed container {} ({reason:?})", short(id)),
+                            format!("removed container {} ({reason:?})", short_id(id)),
                         )
                         .await;
                     }
@@ -711,7 +711,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                         name,
                         "Normal",
                         Reason::Provisioned,
-                        format!("created and started container {}", short(&id)),
+                        format!("created and started container {}", short_id(&id)),
                     )
                     .await;
                     created = Some(id);
@@ -724,13 +724,13 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                         forget(s, name);
                     }
                     s.metrics.restarts.inc();
-                    info!(container_id = %short(id), "restarted container");
+                    info!(container_id = %short_id(id), "restarted container");
                     event(
                         s,
                         name,
                         "Normal",
                         Reason::Restarted,
-                        format!("restarted container {}", short(id)),
+                        format!("restarted container {}", short_id(id)),
                     )
                     .await;
                 }
@@ -825,10 +825,6 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
         Some(e) => Err(e),
         None => Ok(p.requeue_after),
     }
-}
-
-fn short(id: &str) -> &str {
-    crate::runtime::short_id(id)
 }
 
 /// Keep the cache in step with the store: list, then follow the change stream; relist after
