@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::FutureExt;
+use futures::stream::{BoxStream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::domain::resource::Session;
 use crate::ops::{Applied, OpsError, PatchRequest, PatchType};
+use crate::sse;
 use crate::store::{EventType, SessionEvent, StoreError, WatchEvent};
 
 /// Client failures.
@@ -323,8 +325,7 @@ impl ApiClient {
             )
             .await?;
         Ok(ChatStream {
-            stream: r.bytes_stream().boxed(),
-            buf: String::new(),
+            events: sse::events(r.bytes_stream()),
         })
     }
 
@@ -339,111 +340,115 @@ impl ApiClient {
             )
             .await?;
         Ok(HttpWatch {
-            stream: r.bytes_stream().boxed(),
-            buf: String::new(),
+            events: sse::events(r.bytes_stream()),
+            failed: None,
         })
     }
 }
 
+/// The SSE events of a response body ([`crate::sse`]).
+type Events = BoxStream<'static, Result<sse::Event, sse::SseError<reqwest::Error>>>;
+
+/// Most events one [`HttpWatch::next_batch`] returns.
+const MAX_WATCH_BATCH: usize = 1024;
+
 /// An SSE watch on the API.
 pub struct HttpWatch {
-    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
+    events: Events,
+    /// An error met after some events of a batch, returned by the next call.
+    failed: Option<ClientError>,
 }
 
 impl HttpWatch {
-    fn take_events(&mut self) -> Result<Vec<WatchEvent>, ClientError> {
+    /// Wait up to `block` for events.
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + block;
         let mut out = Vec::new();
-        while let Some(i) = self.buf.find("\n\n") {
-            let block: String = self.buf.drain(..i + 2).collect();
-            let (mut ev, mut id, mut data) = (String::new(), String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    ev = v.trim().into();
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().into();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
+        // Wait for one event, then take those already readable without waiting again.
+        while out.len() < MAX_WATCH_BATCH {
+            let next = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, self.events.next()).await {
+                    Err(_) => break,
+                    Ok(next) => next,
+                }
+            } else {
+                match self.events.next().now_or_never() {
+                    None => break,
+                    Some(next) => next,
+                }
+            };
+            let event = match next {
+                None => Err(ClientError::Protocol("the watch stream ended".into())),
+                Some(Err(e)) => Err(ClientError::Protocol(e.to_string())),
+                Some(Ok(event)) => watch_event(&event),
+            };
+            match event {
+                Ok(Some(event)) => out.push(event),
+                Ok(None) => {}
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
                 }
             }
-            let kind = match ev.as_str() {
-                "ADDED" => EventType::Added,
-                "MODIFIED" => EventType::Modified,
-                "DELETED" => EventType::Deleted,
-                "ERROR" => {
-                    let v: Value = serde_json::from_str(&data).unwrap_or_default();
-                    return Err(ClientError::Api {
-                        code: v["code"].as_u64().unwrap_or(500) as u16,
-                        reason: "WatchError".into(),
-                        message: v["message"].as_str().unwrap_or("watch failed").into(),
-                    });
-                }
-                _ => continue,
-            };
-            let object: Session = serde_json::from_str(&data)
-                .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))?;
-            out.push(WatchEvent {
-                revision: id.parse().unwrap_or(0),
-                kind,
-                name: object.metadata.name.clone(),
-                status_only: false,
-                object: Some(object),
-                unreadable: None,
-            });
         }
         Ok(out)
     }
+}
 
-    /// Wait up to `block` for events.
-    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
-        let deadline = tokio::time::Instant::now() + block;
-        loop {
-            let out = self.take_events()?;
-            if !out.is_empty() {
-                return Ok(out);
-            }
-            match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Err(_) => return Ok(Vec::new()),
-                Ok(None) => {
-                    return Err(ClientError::Protocol("the watch stream ended".into()));
-                }
-                Ok(Some(Err(e))) => return Err(ClientError::Protocol(e.to_string())),
-                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
-            }
+/// One SSE event of a watch → a [`WatchEvent`]; `None` for an event of another type; the
+/// server's Status for an `ERROR` event.
+fn watch_event(event: &sse::Event) -> Result<Option<WatchEvent>, ClientError> {
+    let kind = match event.event.trim() {
+        "ADDED" => EventType::Added,
+        "MODIFIED" => EventType::Modified,
+        "DELETED" => EventType::Deleted,
+        "ERROR" => {
+            let v: Value = serde_json::from_str(&event.data).unwrap_or_default();
+            return Err(ClientError::Api {
+                code: v["code"].as_u64().unwrap_or(500) as u16,
+                reason: "WatchError".into(),
+                message: v["message"].as_str().unwrap_or("watch failed").into(),
+            });
         }
-    }
+        _ => return Ok(None),
+    };
+    let object: Session = serde_json::from_str(&event.data)
+        .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))?;
+    Ok(Some(WatchEvent {
+        revision: event.id.trim().parse().unwrap_or(0),
+        kind,
+        name: object.metadata.name.clone(),
+        status_only: false,
+        object: Some(object),
+        unreadable: None,
+    }))
 }
 
 /// The events of one chat turn (`text`, `tool_call`, `tool_result`, `done`, `error`), each
 /// a JSON object with a `type` field.
 pub struct ChatStream {
-    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
+    events: Events,
 }
 
 impl ChatStream {
     /// The next event, `None` when the stream ended.
     pub async fn next_event(&mut self) -> Result<Option<Value>, ClientError> {
         loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..i + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                return serde_json::from_str(&data)
-                    .map(Some)
-                    .map_err(|e| ClientError::Protocol(format!("chat event: {e}")));
-            }
-            match self.stream.next().await {
+            let event = match self.events.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
-                Some(Ok(chunk)) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Some(Ok(event)) => event,
+            };
+            if event.data.is_empty() {
+                continue;
             }
+            return serde_json::from_str(&event.data)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(format!("chat event: {e}")));
         }
     }
 }

@@ -23,6 +23,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`http`]: the HTTP API and operations endpoints (axum).
 //! - [`client`]: the HTTP API client and the CLI's backend (Redis or HTTP).
+//! - [`sse`]: the one Server-Sent Events parser, for the API client and Gemini's streams.
 //! - [`chat`]: the Gemini bridge — MCP over docker attach, history, the tool loop.
 //! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
 //! - [`cli`]: the kubectl-style command line.
@@ -40,5 +41,6 @@ pub mod ops;
 pub mod runtime;
 pub mod server;
 pub mod specs;
+pub mod sse;
 pub mod store;
 pub mod supervise;
