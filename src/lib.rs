@@ -4,29 +4,28 @@
 //! server per chat session.
 //!
 //! ## Layout
-//! - [`resource`]: the `Session` resource types (pure data, JSON Schema via schemars).
-//! - [`parse`]: text → sessions, errors naming file, document and field.
-//! - [`files`]: `-f` files, directories and stdin → [`domain::parse`] (the IO edge of parsing).
-//! - [`contract`]: the sandbox contract — the one place hardening is decided.
-//! - [`admission`]: the one validation path for every write of desired state.
-//! - [`limits`]: every input bound (sizes, counts, ranges, parse budget), in one place.
-//! - [`plan`]: the pure planning core, desired + observed → actions.
-//! - [`store`]: Redis — desired state, status, compare-and-swap, change stream.
-//! - [`runtime`]: Docker through bollard — list, create, start, remove, events.
-//! - [`specs`]: the watched specs directory.
-//! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
-//! - [`controller`]: triggers → queue → plan → execute → status.
-//! - [`supervise`]: background tasks restarted after a panic, panics counted.
-//! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
-//! - [`ops`]: apply, patch and delete through admission and the store.
-//! - [`selector`]: Kubernetes label selectors.
-//! - [`metrics`]: the Prometheus registry.
-//! - [`http`]: the HTTP API and operations endpoints (axum).
-//! - [`client`]: the HTTP API client and the CLI's backend (Redis or HTTP).
-//! - [`sse`]: the one Server-Sent Events parser, for the API client and Gemini's streams.
+//! The pure core, apart from the IO edges that feed it and carry out its decisions:
+//!
+//! - [`domain`] — **no IO**: the `Session` resource, every input bound, pure parsing,
+//!   the sandbox contract, admission, selectors, reasons, the planner (desired + observed →
+//!   actions), the work queue, expectations and what waiting means. Checked by a test.
+//! - [`ops`]: the operations every front end shares — apply, patch, delete, restart
+//!   through admission and the store, and the one wait loop.
+//! - Edges to the outside, one each:
+//!   - [`store`]: Redis — desired state, status, compare-and-swap, change stream, policy.
+//!   - [`runtime`]: Docker through bollard — list, create, start, remove, events, logs.
+//!   - [`files`]: `-f` files, directories and stdin → [`domain::parse`].
+//!   - [`sse`]: the one Server-Sent Events parser (the API client, Gemini's streams).
+//! - The reconciler: [`controller`] (triggers → queue → plan → execute → status) and
+//!   [`supervise`] (background tasks restarted after a panic, panics counted).
+//! - Front ends, each a thin layer over [`ops`]:
+//!   - [`http`]: the HTTP API and operations endpoints (axum).
+//!   - [`specs`]: the watched specs directory (a pure plan and its watcher).
+//!   - [`cli`]: the kubectl-style command line, over [`client`] (the HTTP API client) or Redis.
 //! - [`chat`]: the Gemini bridge — MCP over docker attach, history, the tool loop.
 //! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
-//! - [`cli`]: the kubectl-style command line.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`server`]: the composition root of `serve` — wires the pieces above together.
 
 pub mod chaos;
 pub mod chat;
