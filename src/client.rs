@@ -122,16 +122,23 @@ impl ApiClient {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    /// One session, or `None`.
-    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        match self
-            .send(Method::GET, &format!("/api/v1/sessions/{name}"), None, None)
-            .await
-        {
+    /// A request whose 404 means "there is none": its JSON answer, or `None`.
+    async fn optional<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<Option<T>, ClientError> {
+        match self.send(method, path, None, None).await {
             Ok(r) => Ok(Some(Self::json(r).await?)),
             Err(ClientError::Api { code: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// One session, or `None`.
+    pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        self.optional(Method::GET, &format!("/api/v1/sessions/{name}"))
+            .await
     }
 
     /// Every session and the list's revision.
@@ -220,19 +227,8 @@ impl ApiClient {
 
     /// Delete; `None` when it did not exist.
     pub async fn delete(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        match self
-            .send(
-                Method::DELETE,
-                &format!("/api/v1/sessions/{name}"),
-                None,
-                None,
-            )
+        self.optional(Method::DELETE, &format!("/api/v1/sessions/{name}"))
             .await
-        {
-            Ok(r) => Ok(Some(Self::json(r).await?)),
-            Err(ClientError::Api { code: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// The session's events.
@@ -251,29 +247,14 @@ impl ApiClient {
 
     /// The container summary, `None` when there is none.
     pub async fn container(&self, name: &str) -> Result<Option<Value>, ClientError> {
-        match self
-            .send(
-                Method::GET,
-                &format!("/api/v1/sessions/{name}/container"),
-                None,
-                None,
-            )
+        self.optional(Method::GET, &format!("/api/v1/sessions/{name}/container"))
             .await
-        {
-            Ok(r) => Ok(Some(Self::json(r).await?)),
-            Err(ClientError::Api { code: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 
     /// Ask for a rollout restart; `None` when the session does not exist.
     pub async fn restart(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        let path = format!("/api/v1/sessions/{name}/restart");
-        match self.send(Method::POST, &path, None, None).await {
-            Ok(r) => Ok(Some(Self::json(r).await?)),
-            Err(ClientError::Api { code: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.optional(Method::POST, &format!("/api/v1/sessions/{name}/restart"))
+            .await
     }
 
     /// The contract policy the server admits with.

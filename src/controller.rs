@@ -196,15 +196,7 @@ impl Handle {
                 *counts.entry(s.phase()).or_default() += 1;
             }
         }
-        for phase in [
-            Phase::Pending,
-            Phase::Creating,
-            Phase::Running,
-            Phase::BackOff,
-            Phase::Succeeded,
-            Phase::Failed,
-            Phase::Terminating,
-        ] {
+        for phase in Phase::ALL {
             self.shared
                 .metrics
                 .sessions

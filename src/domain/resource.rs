@@ -237,6 +237,19 @@ pub enum Phase {
     Terminating,
 }
 
+impl Phase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Creating,
+        Phase::Running,
+        Phase::BackOff,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Terminating,
+    ];
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(&format!("{self:?}"))

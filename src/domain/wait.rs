@@ -16,17 +16,6 @@ pub enum Condition {
     Deleted,
 }
 
-/// Every phase, for parsing.
-const PHASES: [Phase; 7] = [
-    Phase::Pending,
-    Phase::Creating,
-    Phase::Running,
-    Phase::BackOff,
-    Phase::Succeeded,
-    Phase::Failed,
-    Phase::Terminating,
-];
-
 impl std::str::FromStr for Condition {
     type Err = String;
 
@@ -48,7 +37,7 @@ impl std::str::FromStr for Condition {
                     crate::domain::limits::echo(s)
                 )
             })?;
-        PHASES
+        Phase::ALL
             .iter()
             .find(|p| p.to_string().eq_ignore_ascii_case(value))
             .map(|p| Condition::Phase(*p))
@@ -56,7 +45,7 @@ impl std::str::FromStr for Condition {
                 format!(
                     "{}: unknown phase (one of {})",
                     crate::domain::limits::echo(value),
-                    PHASES.map(|p| p.to_string()).join(", ")
+                    Phase::ALL.map(|p| p.to_string()).join(", ")
                 )
             })
     }
