@@ -250,7 +250,7 @@ pub async fn run(
         let (sessions, _, _) = backend.list("").await?;
         let candidates: Vec<_> = sessions
             .iter()
-            .filter(|s| cfg.selector.matches(&s.metadata.labels) && s.phase() == Phase::Running)
+            .filter(|s| cfg.selector.matches(&s.metadata.labels) && s.is_ready())
             .filter_map(|s| {
                 let id = s.status.as_ref()?.container_id.clone()?;
                 Some((s.metadata.name.clone(), id))
@@ -318,7 +318,7 @@ pub async fn run(
             .iter()
             .filter(|c| c.session == s.name() && c.state == ContainerState::Running)
             .count();
-        if s.phase() != Phase::Running || running != 1 {
+        if !s.is_ready() || running != 1 {
             violations.push(format!(
                 "session {:?} is {} with {running} running containers after the quiet period",
                 s.name(),

@@ -640,8 +640,12 @@ pub async fn wait<C: Changes>(
         for ev in batch {
             let current = match ev.kind {
                 EventType::Deleted => None,
-                // An unreadable object says nothing about the condition.
-                _ if ev.object.is_none() => continue,
+                // An unreadable object cannot reach a phase (the API's `?wait=` answers 404,
+                // as before), and says nothing about a deletion.
+                _ if ev.object.is_none() => match waiter.condition() {
+                    crate::domain::wait::Condition::Deleted => continue,
+                    crate::domain::wait::Condition::Phase(_) => None,
+                },
                 _ => ev.object.as_ref(),
             };
             if let Some(p) = waiter.observe(&ev.name, current) {

@@ -235,20 +235,33 @@ impl Runtime {
     }
 
     /// The stderr of the session's sandbox (its stdout is the MCP protocol stream and is
-    /// never read here): the container the status names if it is one of this instance's
-    /// managed containers of that session, else the session's newest one. `None` when the
-    /// session has no container. Stdout frames are dropped even if an engine sent them.
+    /// never read here). Only containers of this store (`store`, the identity) made for this
+    /// very session (its uid) count — never another store's, never an earlier session's of
+    /// the same name: the one the status names if it is among them, else the newest. `None`
+    /// when there is none. Stdout frames are dropped even if an engine sent them.
     pub async fn session_stderr(
         &self,
-        session: &str,
-        preferred: Option<&str>,
+        session: &crate::domain::resource::Session,
+        store: &str,
         query: &LogQuery,
     ) -> Result<
         Option<impl Stream<Item = Result<bytes::Bytes, RuntimeError>> + Send + use<>>,
         RuntimeError,
     > {
-        let mut mine = self.list(Some(session), false).await?;
+        let preferred = session.status.as_ref().and_then(|s| s.container_id.clone());
+        let uid = session.metadata.uid.as_deref();
+        let mut mine: Vec<Observed> = self
+            .list(Some(session.name()), false)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                crate::domain::plan::ownership(c, store, Some(session))
+                    == crate::domain::plan::Ownership::Ours
+                    && c.uid.as_deref() == uid
+            })
+            .collect();
         mine.sort_by_key(|c| std::cmp::Reverse(c.created));
+        let preferred = preferred.as_deref();
         let Some(id) = preferred
             .and_then(|p| mine.iter().find(|c| c.id == p))
             .or(mine.first())
@@ -262,7 +275,9 @@ impl Runtime {
             .follow(query.follow)
             .tail(&query.tail.map_or("all".to_string(), |n| n.to_string()));
         if let Some(since) = query.since {
-            options = options.since(i32::try_from(since.timestamp()).unwrap_or(i32::MAX));
+            // The engine's API takes an i32 UNIX time: clamp, never wrap.
+            let secs = since.timestamp().clamp(0, i64::from(i32::MAX));
+            options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
         }
         let stream = self
             .docker

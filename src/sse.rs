@@ -12,8 +12,8 @@
 //! reach the parser: eventsource-stream 0.2 on its own keeps an invalid byte buffered with
 //! everything after it, so no later event would be parsed and the stream would end in an error.
 //!
-//! Neither a line nor an event is bounded in size here (nor was it by the hand-written parsers
-//! this module replaced); callers that need a bound must count the bytes they feed in.
+//! An event is bounded: more than [`MAX_EVENT_BYTES`] without a blank line ends the stream
+//! with [`SseError::Malformed`], so a peer cannot make us buffer without limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,6 +22,9 @@ use eventsource_stream::{EventStreamError, Eventsource};
 use futures::stream::{BoxStream, Stream, StreamExt};
 
 pub use eventsource_stream::Event;
+
+/// The most bytes one event may take (from one blank line to the next).
+pub const MAX_EVENT_BYTES: usize = crate::domain::limits::MAX_SSE_EVENT_BYTES;
 
 /// Why reading an event stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,10 +37,10 @@ pub enum SseError<E> {
     Malformed(String),
 }
 
-impl<E> From<EventStreamError<E>> for SseError<E> {
-    fn from(e: EventStreamError<E>) -> Self {
+impl<E> From<EventStreamError<SseError<E>>> for SseError<E> {
+    fn from(e: EventStreamError<SseError<E>>) -> Self {
         match e {
-            EventStreamError::Transport(e) => SseError::Transport(e),
+            EventStreamError::Transport(e) => e,
             EventStreamError::Utf8(e) => SseError::Malformed(e.to_string()),
             EventStreamError::Parser(e) => SseError::Malformed(e.to_string()),
         }
@@ -56,6 +59,9 @@ where
         bytes: bytes.boxed(),
         carry: Vec::new(),
         done: false,
+        pending: 0,
+        prev: 0,
+        limit: MAX_EVENT_BYTES,
     }
     .eventsource()
     .map(|item| item.map_err(SseError::from))
@@ -69,13 +75,40 @@ struct LossyUtf8<S> {
     /// The start of a UTF-8 sequence that the last chunk cut off.
     carry: Vec<u8>,
     done: bool,
+    /// Bytes since the last blank line (the current event's size so far).
+    pending: usize,
+    /// The last byte seen, to find blank lines across chunks.
+    prev: u8,
+    /// The most bytes `pending` may reach.
+    limit: usize,
+}
+
+impl<S> LossyUtf8<S> {
+    /// Count `text` into the current event; false when the event grew over the limit.
+    fn within_limit(&mut self, text: &str) -> bool {
+        for &b in text.as_bytes() {
+            let eol = b == b'\n' || b == b'\r';
+            // `\r\n` is one line end; any other line end right after one is a blank line.
+            let same_eol = b == b'\n' && self.prev == b'\r';
+            if eol && !same_eol && (self.prev == b'\n' || self.prev == b'\r') {
+                self.pending = 0;
+            } else {
+                self.pending += 1;
+                if self.pending > self.limit {
+                    return false;
+                }
+            }
+            self.prev = b;
+        }
+        true
+    }
 }
 
 impl<B, E> Stream for LossyUtf8<BoxStream<'static, Result<B, E>>>
 where
     B: AsRef<[u8]>,
 {
-    type Item = Result<String, E>;
+    type Item = Result<String, SseError<E>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -83,8 +116,19 @@ where
             return Poll::Ready(None);
         }
         Poll::Ready(match futures::ready!(this.bytes.poll_next_unpin(cx)) {
-            Some(Ok(bytes)) => Some(Ok(decode(&mut this.carry, bytes.as_ref()))),
-            Some(Err(e)) => Some(Err(e)),
+            Some(Ok(bytes)) => {
+                let text = decode(&mut this.carry, bytes.as_ref());
+                if this.within_limit(&text) {
+                    Some(Ok(text))
+                } else {
+                    this.done = true;
+                    Some(Err(SseError::Malformed(format!(
+                        "an event is larger than {} bytes",
+                        this.limit
+                    ))))
+                }
+            }
+            Some(Err(e)) => Some(Err(SseError::Transport(e))),
             None => {
                 this.done = true;
                 let rest = std::mem::take(&mut this.carry);
@@ -176,6 +220,48 @@ mod tests {
             vec!["\u{fffd}", "x"],
             "a cut sequence followed by something else is invalid"
         );
+    }
+
+    #[tokio::test]
+    async fn an_event_over_the_limit_ends_the_stream() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"data: small\r\n\r\n")),
+            Ok(Bytes::from_static(b"data: 0123456789")),
+            Ok(Bytes::from_static(b"0123456789\n\n")),
+        ];
+        let stream = LossyUtf8 {
+            bytes: futures::stream::iter(chunks).boxed(),
+            carry: Vec::new(),
+            done: false,
+            pending: 0,
+            prev: 0,
+            limit: 20,
+        };
+        let got: Vec<_> = stream.collect().await;
+        assert!(got[0].is_ok() && got[1].is_ok(), "{got:?}");
+        assert!(
+            matches!(&got[2], Err(SseError::Malformed(m)) if m.contains("larger than 20")),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 3, "nothing after the error");
+        // Blank lines reset the count, whatever the line ends.
+        let mut s = LossyUtf8 {
+            bytes: futures::stream::empty::<Result<Bytes, std::io::Error>>().boxed(),
+            carry: Vec::new(),
+            done: false,
+            pending: 0,
+            prev: 0,
+            limit: 12,
+        };
+        for text in [
+            "data: abcd\n\n",
+            "data: efgh\r\r",
+            "data: ij\r\n",
+            "\r\ndata: k\n\n",
+        ] {
+            assert!(s.within_limit(text), "{text:?}");
+        }
+        assert!(!s.within_limit("data: 0123456789"));
     }
 
     #[tokio::test]

@@ -397,15 +397,21 @@ impl Store {
     ) -> Result<Option<crate::domain::contract::PublishedPolicy>, StoreError> {
         let mut con = self.con.clone();
         let corrupt = StoreError::BadPolicy;
-        let len: usize = con.strlen(self.policy_key()).await?;
-        if len == 0 {
+        // One bounded read: at most one byte more than allowed, to tell "too large".
+        let max = crate::domain::limits::MAX_POLICY_BYTES;
+        let json: String = con
+            .getrange(
+                self.policy_key(),
+                0,
+                isize::try_from(max).unwrap_or(isize::MAX),
+            )
+            .await?;
+        if json.is_empty() {
             return Ok(None);
         }
-        if len > crate::domain::limits::MAX_POLICY_BYTES {
-            return Err(corrupt(format!("{len} bytes is too large")));
+        if json.len() > max {
+            return Err(corrupt(format!("more than {max} bytes")));
         }
-        let json: Option<String> = con.get(self.policy_key()).await?;
-        let Some(json) = json else { return Ok(None) };
         let p: crate::domain::contract::PublishedPolicy =
             serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
         p.checked().map(Some).map_err(corrupt)

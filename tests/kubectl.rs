@@ -240,6 +240,33 @@ async fn logs_follow_ends_with_the_sandbox() {
     let api = env.api();
     env.apply_yaml(&labelled("follow", "x", &env.image));
     env.ok(&["wait", "follow", "--for=phase=Running", "--timeout", "30s"]);
+    // The log endpoint bounds its query and answers errors as Status.
+    let http = reqwest::Client::new();
+    for (query, code) in [
+        ("sinceSeconds=10000000000000", 400),
+        ("tailLines=2000000", 400),
+        ("sinceSeconds=5&sinceTime=2026-01-01T00:00:00Z", 400),
+        ("sinceTime=1800-01-01T00:00:00Z&tailLines=5", 200),
+    ] {
+        let r = http
+            .get(format!("{api}/api/v1/sessions/follow/log?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code, "{query}");
+        let text = r.text().await.unwrap();
+        if code == 200 {
+            assert!(text.contains("mcp-server starting"), "{query}: {text}");
+        } else {
+            assert!(text.contains("\"kind\":\"Status\""), "{query}: {text}");
+        }
+    }
+    let r = http
+        .get(format!("{api}/api/v1/sessions/ghost/log"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     for server in [None, Some(api.as_str())] {
         let id = container_id(&env, server, "follow");
         let mut args = vec!["logs", "follow", "-f"];

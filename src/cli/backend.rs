@@ -129,7 +129,20 @@ impl Backend {
                             instance: String::new(),
                         },
                     },
-                    Kind::Http(c) => PolicyInUse::from_published(c.policy().await?),
+                    Kind::Http(c) => match c.policy().await {
+                        Ok(p) => PolicyInUse::from_published(p),
+                        // A server from before policy publication: it still admits every
+                        // write itself.
+                        Err(ClientError::Api { code: 404, .. }) => PolicyInUse {
+                            policy: Policy::default(),
+                            source: "the built-in default policy (the server does not \
+                                     publish its own; it checks every write itself)"
+                                .into(),
+                            fallback: true,
+                            instance: String::new(),
+                        },
+                        Err(e) => return Err(e),
+                    },
                 })
             })
             .await
@@ -220,7 +233,12 @@ impl Backend {
     /// and the current object is returned.
     pub async fn delete(&self, name: &str, dry_run: bool) -> Result<Option<Session>, ClientError> {
         if dry_run {
-            return self.get(name).await;
+            // Say what a real delete would say, the owner check included.
+            let current = self.get(name).await?;
+            if let Some(s) = &current {
+                ops::check_owner(s, WRITER)?;
+            }
+            return Ok(current);
         }
         match &self.kind {
             Kind::Store { store, .. } => match ops::delete(store, name, None, WRITER).await {
@@ -269,10 +287,10 @@ impl Backend {
     ) -> Result<Option<BoxStream<'static, Result<bytes::Bytes, ClientError>>>, ClientError> {
         match &self.kind {
             Kind::Http(c) => c.logs(session.name(), q).await,
-            Kind::Store { instance, .. } => {
+            Kind::Store { store, instance } => {
                 let rt = Runtime::connect(instance).await?;
-                let id = session.status.as_ref().and_then(|s| s.container_id.clone());
-                let stream = rt.session_stderr(session.name(), id.as_deref(), q).await?;
+                let identity = store.identity().await?;
+                let stream = rt.session_stderr(session, &identity, q).await?;
                 Ok(stream.map(|s| s.map(|r| r.map_err(ClientError::from)).boxed()))
             }
         }

@@ -57,6 +57,9 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
         applied.push(s);
     }
     if a.prune {
+        if a.selector.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            bail!("--prune needs a non-empty -l SELECTOR");
+        }
         let declared: BTreeSet<&str> = docs.iter().map(|d| d.session.name()).collect();
         let selector = a.selector.as_deref().unwrap_or_default();
         let (matching, _, _) = backend.list(selector).await?;
@@ -80,7 +83,8 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
     if a.wait && !a.dry_run {
         let names = applied.iter().map(|s| s.name().to_string());
         let waiter = Waiter::new(Condition::Phase(Phase::Running), names);
-        wait_for(&backend, waiter, a.timeout, |name, p| match p {
+        let deadline = tokio::time::Instant::now() + a.timeout;
+        wait_for(&backend, waiter, deadline, a.timeout, |name, p| match p {
             Progress::Met(_) => println!("session/{name} Running"),
             Progress::Changed(phase, reason) => println!(
                 "session/{name} {phase}{}",
@@ -102,10 +106,20 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
 async fn wait_for(
     backend: &Backend,
     mut waiter: Waiter,
+    deadline: tokio::time::Instant,
     timeout: Duration,
     mut on: impl FnMut(&str, &Progress),
 ) -> anyhow::Result<()> {
-    let (current, revision, _) = backend.list("").await?;
+    let what = waiter_text(&waiter);
+    let timed_out = || {
+        anyhow!(
+            "timed out after {} waiting for {what}",
+            humantime::format_duration(timeout),
+        )
+    };
+    let (current, revision, _) = tokio::time::timeout_at(deadline, backend.list(""))
+        .await
+        .map_err(|_| timed_out())??;
     let names: Vec<String> = waiter.pending().map(|(n, _)| n.to_string()).collect();
     let mut failure: Option<String> = None;
     let mut step = |name: &str, p: &Progress, failure: &mut Option<String>| {
@@ -121,7 +135,9 @@ async fn wait_for(
         }
     }
     if failure.is_none() && !waiter.done() {
-        let mut watch = backend.watch(revision).await?;
+        let mut watch = tokio::time::timeout_at(deadline, backend.watch(revision))
+            .await
+            .map_err(|_| timed_out())??;
         let cancel = CancellationToken::new();
         let signal = {
             let cancel = cancel.clone();
@@ -130,7 +146,6 @@ async fn wait_for(
                 cancel.cancel();
             })
         };
-        let deadline = tokio::time::Instant::now() + timeout;
         let end = ops::wait(&mut watch, &mut waiter, deadline, &cancel, |n, p| {
             step(n, p, &mut failure);
             if matches!(p, Progress::Unreachable(..)) {
@@ -167,8 +182,16 @@ async fn wait_for(
     }
 }
 
+/// What a waiter waits for, for messages: `phase=Running on: a, b`.
+fn waiter_text(w: &Waiter) -> String {
+    let names: Vec<&str> = w.pending().map(|(n, _)| n).collect();
+    format!("{} on: {}", w.condition(), names.join(", "))
+}
+
 /// `wait`: the named sessions and those matching `-l`, until the condition holds.
 pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
+    // The timeout covers everything, the first reads included.
+    let deadline = tokio::time::Instant::now() + a.timeout;
     let backend = g.backend().await?;
     let mut names: BTreeSet<String> = a.names.iter().cloned().collect();
     if let Some(sel) = &a.selector {
@@ -196,7 +219,7 @@ pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
         }
     }
     let waiter = Waiter::new(a.condition, names);
-    wait_for(&backend, waiter, a.timeout, |name, p| {
+    wait_for(&backend, waiter, deadline, a.timeout, |name, p| {
         if let Progress::Met(_) = p {
             println!("session/{name} condition met");
         }
@@ -209,6 +232,13 @@ pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
     let backend = g.backend().await?;
     let instance = server_instance(g, &backend).await;
     let single = a.names.len() == 1;
+    // A named watch follows from the revision read before the gets, so no change made
+    // between a get and the watch's start is missed.
+    let before = if a.watch && !a.names.is_empty() {
+        backend.list("").await?.1
+    } else {
+        0
+    };
     let (sessions, revision) = if a.names.is_empty() {
         let (all, revision, unreadable) = backend.list(&a.selector).await?;
         for u in &unreadable {
@@ -235,12 +265,7 @@ pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
             print!("{}", output::sessions(a.output, &found, single, &instance));
             bail!("session(s) not found: {}", missing.join(", "));
         }
-        let revision = found
-            .iter()
-            .filter_map(|s| s.metadata.resource_version.as_deref()?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
-        (found, revision)
+        (found, before)
     };
     if !(a.watch && sessions.is_empty()) {
         print!(
@@ -253,13 +278,6 @@ pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
     if !a.watch {
         return Ok(());
     }
-    // Follow from the list's revision (for named gets: the newest object read, so nothing
-    // after it is missed; earlier writes of other sessions are filtered out below).
-    let revision = if a.names.is_empty() {
-        revision
-    } else {
-        backend.list("").await?.1
-    };
     let selector = crate::domain::selector::Selector::parse(&a.selector)?;
     let mut watch = backend.watch(revision).await?;
     loop {
@@ -335,17 +353,23 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
     }
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     let mut missing = Vec::new();
+    let mut failed = Vec::new();
     let mut seen = BTreeSet::new();
+    // Like kubectl: go on after a failure, report every one at the end.
     for n in names.iter().filter(|n| seen.insert(n.as_str())) {
-        match backend.delete(n, a.dry_run).await? {
-            Some(_) => println!("session/{n} deleted{suffix}"),
+        match backend.delete(n, a.dry_run).await {
+            Ok(Some(_)) => println!("session/{n} deleted{suffix}"),
             // A session listed a moment ago and gone now was deleted by someone else.
-            None if a.ignore_not_found || by_query => {}
-            None => missing.push(n.clone()),
+            Ok(None) if a.ignore_not_found || by_query => {}
+            Ok(None) => missing.push(n.clone()),
+            Err(e) => failed.push(format!("{n}: {e}")),
         }
     }
     if !missing.is_empty() {
-        bail!("session(s) not found: {}", missing.join(", "));
+        failed.push(format!("session(s) not found: {}", missing.join(", ")));
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
     }
     Ok(())
 }

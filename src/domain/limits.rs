@@ -86,6 +86,9 @@ pub const MAX_TOOL_PATTERN_BYTES: usize = 128;
 pub const MAX_PATCH_OPS: usize = 1_000;
 /// Most image allowlist patterns in a policy, and bytes of a published policy.
 pub const MAX_ALLOWED_IMAGES: usize = 256;
+/// Largest Server-Sent Event we read (Gemini's streamed answers, the API's watch and chat
+/// streams), from one blank line to the next.
+pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;
 /// Largest published policy read back from the store or the API.
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
 /// Largest patch document, serialized, in bytes (the same as any input).

@@ -116,6 +116,9 @@ impl Waiter {
             (Condition::Phase(_), None) => {
                 Progress::Unreachable(format!("session {name:?} was deleted"), None)
             }
+            (Condition::Phase(Phase::Running), Some(s)) if s.is_ready() => {
+                Progress::Met(Some(Box::new(s.clone())))
+            }
             (Condition::Phase(want), Some(s)) if s.phase() == want && s.is_current() => {
                 Progress::Met(Some(Box::new(s.clone())))
             }

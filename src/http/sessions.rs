@@ -566,6 +566,9 @@ pub(super) async fn restart(
     Ok(Json(&s).into_response())
 }
 
+/// The longest a log follow streams before the server ends it.
+pub(super) const LOG_FOLLOW_MAX: Duration = Duration::from_secs(3600);
+
 /// Query of `log` (Kubernetes' names).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
@@ -600,9 +603,9 @@ pub(super) async fn log(
     let since = match (q.since_seconds, q.since_time.as_deref()) {
         (Some(_), Some(_)) => return Err(bad("give sinceSeconds or sinceTime, not both".into())),
         (Some(secs), None) => Some(
-            chrono::Utc::now()
-                - chrono::Duration::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
-                    .ok_or_else(|| bad("sinceSeconds is too large".into()))?,
+            chrono::Duration::try_seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+                .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+                .ok_or_else(|| bad("sinceSeconds is too large".into()))?,
         ),
         (None, Some(t)) => Some(
             chrono::DateTime::parse_from_rfc3339(t)
@@ -612,21 +615,18 @@ pub(super) async fn log(
         (None, None) => None,
     };
     let s = get_session(&st, &name).await?;
-    let permit = if q.follow {
-        Some(st.inner.streams.acquire(StreamKind::Watch)?)
-    } else {
-        None
-    };
+    // Every log stream (a read of up to the whole log, or a follow) holds a watch slot.
+    let permit = st.inner.streams.acquire(StreamKind::Watch)?;
     let query = crate::runtime::LogQuery {
         follow: q.follow,
         tail: q.tail_lines,
         since,
     };
-    let preferred = s.status.as_ref().and_then(|x| x.container_id.clone());
+    let identity = st.inner.store.identity().await?;
     let stream = st
         .inner
         .runtime
-        .session_stderr(&name, preferred.as_deref(), &query)
+        .session_stderr(&s, &identity, &query)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -649,7 +649,11 @@ pub(super) async fn log(
             let _ = &permit;
             chunk.map_err(std::io::Error::other)
         })
-        .take_until(st.inner.shutdown.clone().cancelled_owned());
+        .take_until(st.inner.shutdown.clone().cancelled_owned())
+        // A plain-text stream cannot carry keep-alives, so a client gone during a quiet
+        // follow is only noticed at the next write: a follow ends after LOG_FOLLOW_MAX
+        // (the client resumes with `sinceTime`), so a slot is never held forever.
+        .take_until(tokio::time::sleep(LOG_FOLLOW_MAX));
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         axum::body::Body::from_stream(body),
