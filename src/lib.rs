@@ -22,6 +22,7 @@
 //!   - [`http`]: the HTTP API and operations endpoints (axum).
 //!   - [`specs`]: the watched specs directory (a pure plan and its watcher).
 //!   - [`cli`]: the kubectl-style command line, over [`client`] (the HTTP API client) or Redis.
+//! - [`lease`]: leader election through a Redis lease with a fencing token (not wired yet).
 //! - [`chat`]: the Gemini bridge — MCP over docker attach, history, the tool loop.
 //! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
 //! - [`metrics`]: the Prometheus registry.
@@ -35,6 +36,7 @@ pub mod controller;
 pub mod domain;
 pub mod files;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;

@@ -316,6 +316,12 @@ impl Store {
         self.con.clone()
     }
 
+    /// The Redis key `mcpo:<instance>:<suffix>` of this store's instance (for modules that
+    /// keep their own keys beside the store's, e.g. [`crate::lease`]).
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.keys.prefix)
+    }
+
     fn log_key(&self, name: &str) -> String {
         format!("{}:log:{name}", self.keys.prefix)
     }
