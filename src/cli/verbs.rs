@@ -182,6 +182,16 @@ async fn wait_for(
     }
 }
 
+/// `session "a" not found; session "b" not found` (the message of a missing session, as
+/// before there were several).
+fn not_found<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("session {:?} not found", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// What a waiter waits for, for messages: `phase=Running on: a, b`.
 fn waiter_text(w: &Waiter) -> String {
     let names: Vec<&str> = w.pending().map(|(n, _)| n).collect();
@@ -215,7 +225,7 @@ pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            bail!("session(s) not found: {}", missing.join(", "));
+            bail!("{}", not_found(&missing));
         }
     }
     let waiter = Waiter::new(a.condition, names);
@@ -263,7 +273,7 @@ pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
         if !missing.is_empty() && !a.watch {
             // kubectl prints what it found, then fails for the rest.
             print!("{}", output::sessions(a.output, &found, single, &instance));
-            bail!("session(s) not found: {}", missing.join(", "));
+            bail!("{}", not_found(&missing));
         }
         (found, before)
     };
@@ -366,7 +376,7 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
         }
     }
     if !missing.is_empty() {
-        failed.push(format!("session(s) not found: {}", missing.join(", ")));
+        failed.push(not_found(&missing));
     }
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
@@ -411,7 +421,7 @@ pub async fn restart(g: &Global, names: &[String]) -> anyhow::Result<()> {
         }
     }
     if !missing.is_empty() {
-        bail!("session(s) not found: {}", missing.join(", "));
+        bail!("{}", not_found(&missing));
     }
     Ok(())
 }
