@@ -572,6 +572,7 @@ pub(super) const LOG_FOLLOW_MAX: Duration = Duration::from_secs(3600);
 /// Query of `log` (Kubernetes' names).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub(super) struct LogParams {
     /// Keep the stream open for new lines until the sandbox stops.
     #[serde(default)]
