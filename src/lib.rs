@@ -40,6 +40,7 @@ pub mod lease;
 pub mod metrics;
 pub mod ops;
 pub mod runtime;
+pub mod replica;
 pub mod server;
 pub mod specs;
 pub mod sse;
