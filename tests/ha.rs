@@ -211,3 +211,44 @@ async fn a_standby_forwards_a_chat_turn_to_the_leader_streaming() {
     assert_eq!(code, 200);
     assert!(body.contains("forwarded"), "{body}");
 }
+
+#[test]
+fn a_new_leader_keeps_the_crash_loop_back_off() {
+    let env = Env::new();
+    // Every run shorter than a minute is a crash: back-off 0 s, 1 s, 2 s, 4 s, ...
+    let flags = ["--stable-after", "60s"];
+    let mut a = env.spawn_replica("a", &flags);
+    wait_until(Duration::from_secs(10), "a leads", || {
+        env.leader_pid() == Some(a.pid)
+    });
+    let b = env.spawn_replica("b", &flags);
+    env.apply_yaml(&session_yaml("loop", &env.image, ""));
+    for i in 1..=3 {
+        let id = env.wait_running("loop", T);
+        env.wait_status("loop", T, |s| s["phase"] == "Running");
+        env.docker(&["kill", &id]);
+        env.wait_status("loop", T, |s| {
+            s["phase"] == "Running" && s["restartCount"] == i
+        });
+    }
+    let recorded = env.redis_cli(&["HGET", &format!("mcpo:{}:crash", env.instance), "loop"]);
+    assert!(recorded.contains("\"streak\":3"), "{recorded}");
+
+    a.kill();
+    let (pid, _) = wait_new_leader(&env, a.pid, Duration::from_secs(10));
+    assert_eq!(pid, b.pid);
+    let id = env.wait_running("loop", T);
+    let killed = Instant::now();
+    env.docker(&["kill", &id]);
+    // The fourth crash in a row waits 4 s under the new leader too, instead of starting over.
+    let s = env.wait_status("loop", T, |s| s["phase"] == "BackOff");
+    assert_eq!(s["status"]["reason"], "CrashLoopBackOff", "{s}");
+    env.wait_status("loop", T, |s| {
+        s["phase"] == "Running" && s["restartCount"] == 4
+    });
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "restarted after {:?}: the back-off was forgotten",
+        killed.elapsed()
+    );
+}
