@@ -216,6 +216,15 @@ impl Handle {
         Ok(())
     }
 
+    /// The store identity as of the controller's last list.
+    pub fn store_identity(&self) -> String {
+        self.shared
+            .store_id
+            .read()
+            .map(|x| x.clone())
+            .unwrap_or_default()
+    }
+
     /// Count cached sessions by phase into the `mcpo_sessions` gauge.
     pub fn refresh_phase_gauge(&self) {
         let mut counts: HashMap<Phase, i64> = HashMap::new();
@@ -260,6 +269,15 @@ impl Controller {
                 term: None,
             }),
         }
+    }
+
+    /// The store identity this replica knew before (from an earlier term, or read at start),
+    /// so that a store reset between two terms is noticed like one during a term.
+    pub fn knowing_store(self, identity: &str) -> Controller {
+        if let Ok(mut id) = self.shared.store_id.write() {
+            *id = identity.to_string();
+        }
+        self
     }
 
     /// Act for the leader term `term` only: Docker mutations stop as soon as the elector

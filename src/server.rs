@@ -486,6 +486,7 @@ pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), Se
         published,
         specs_dir: a.specs_dir.clone(),
         advertise,
+        identity: Arc::new(std::sync::Mutex::new(identity)),
     };
     crate::replica::lead(leadership, metrics, shutdown.clone(), move |term, stop| {
         leader.clone().run(term, stop)
@@ -540,6 +541,8 @@ struct LeaderWork {
     published: PublishedPolicy,
     specs_dir: Option<PathBuf>,
     advertise: String,
+    /// The store identity as last known (read at start, then kept across terms).
+    identity: Arc<std::sync::Mutex<String>>,
 }
 
 impl LeaderWork {
@@ -590,7 +593,10 @@ impl LeaderWork {
             term,
             leader: self.leadership.watch(),
         });
-        self.leadership.set_controller(Some(ctrl.handle()));
+        let known = self.identity.lock().map(|i| i.clone()).unwrap_or_default();
+        let ctrl = ctrl.knowing_store(&known);
+        let handle = ctrl.handle();
+        self.leadership.set_controller(Some(handle.clone()));
         let specs = self.specs_dir.clone().map(|dir| {
             info!(dir = %dir.display(), "watching the specs directory");
             let (store, policy, stop) = (fenced.clone(), self.policy.clone(), stop.clone());
@@ -602,6 +608,9 @@ impl LeaderWork {
             ))
         });
         ctrl.run(stop.clone()).await;
+        if let Ok(mut i) = self.identity.lock() {
+            *i = handle.store_identity();
+        }
         if let Some(specs) = specs {
             let _ = specs.await;
         }
