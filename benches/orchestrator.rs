@@ -891,12 +891,7 @@ struct Takeover {
 /// The pid in the lease's holder (`<term> <host>/<pid>/<tag>`), if anyone holds it.
 async fn leader_pid(store: &Store) -> Option<u32> {
     let v = store.value("leader").await.ok()??;
-    v.split_whitespace()
-        .nth(1)?
-        .split('/')
-        .nth(1)?
-        .parse()
-        .ok()
+    v.split_whitespace().nth(1)?.split('/').nth(1)?.parse().ok()
 }
 
 /// Poll every 5 ms until `f` holds; the time it took.
@@ -951,7 +946,10 @@ async fn takeover(
     };
     let mut leader = start().await?;
     let pid = leader.pid();
-    until(lim, "the first leader", || async { leader_pid(&store).await == Some(pid) }).await?;
+    until(lim, "the first leader", || async {
+        leader_pid(&store).await == Some(pid)
+    })
+    .await?;
     let mut standby = start().await?;
     for k in 0..cfg.takeovers {
         let t0 = Instant::now();
@@ -965,8 +963,13 @@ async fn takeover(
     for _ in 0..cfg.takeovers {
         let (old, next) = (leader.pid(), standby.pid());
         let t0 = Instant::now();
-        let _ = Command::new("kill").args(["-TERM", &old.to_string()]).status();
-        until(lim, "the hand-over", || async { leader_pid(&store).await == Some(next) }).await?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &old.to_string()])
+            .status();
+        until(lim, "the hand-over", || async {
+            leader_pid(&store).await == Some(next)
+        })
+        .await?;
         out.handover.push(t0.elapsed());
         leader.stop();
         leader = std::mem::replace(&mut standby, start().await?);

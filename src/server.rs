@@ -17,11 +17,11 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use crate::controller::{self, Controller};
-use crate::lease::{self, Lease};
-use crate::replica::{Leadership, Registry};
 use crate::domain::contract::{self, Policy, PublishedPolicy};
 use crate::domain::limits::{self, flag_duration};
 use crate::domain::plan::Settings;
+use crate::lease::{self, Lease};
+use crate::replica::{Leadership, Registry};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -389,8 +389,8 @@ pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), Se
     }
     info!(addr = %bound, "HTTP API listening");
     let advertise = advertise(a.advertise_url.as_deref(), bound)?;
-    let timings =
-        crate::lease::Timings::from_ttl(a.lease_ttl).map_err(|e| ServerError::Config(e.to_string()))?;
+    let timings = crate::lease::Timings::from_ttl(a.lease_ttl)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let shutdown = CancellationToken::new();
     let metrics = crate::metrics::Metrics::new();
     let replica = crate::replica::replica_id();

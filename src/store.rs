@@ -209,9 +209,15 @@ pub struct Store {
 macro_rules! fence_check {
     ($k:literal, $f:literal) => {
         concat!(
-            "if ARGV[", $f, "] ~= '' then\n",
-            "  local newest = redis.call('GET', KEYS[", $k, "])\n",
-            "  if newest ~= ARGV[", $f, "] then return {'fenced', newest or ''} end\n",
+            "if ARGV[",
+            $f,
+            "] ~= '' then\n",
+            "  local newest = redis.call('GET', KEYS[",
+            $k,
+            "])\n",
+            "  if newest ~= ARGV[",
+            $f,
+            "] then return {'fenced', newest or ''} end\n",
             "end\n"
         )
     };

@@ -518,9 +518,11 @@ async fn compose_stack_passes_the_seed_verification_plan() {
     assert!(logs_of(&app).contains("this replica is now the leader"));
     assert!(!logs_of(&second).contains("this replica is now the leader"));
     docker(&["stop", "--time", "20", &app]);
-    wait_until(Duration::from_secs(15), "the second replica to lead", || {
-        logs_of(&second).contains("this replica is now the leader")
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the second replica to lead",
+        || logs_of(&second).contains("this replica is now the leader"),
+    );
     let app_log = logs_of(&app);
     assert!(
         app_log.contains("the sandboxes stay"),

@@ -104,10 +104,7 @@ fn one_leader_reconciles_and_a_standby_takes_over_after_sigkill() {
     env.wait_status("ha-1", T, |s| {
         s["phase"] == "Running" && s["restartCount"] == 1
     });
-    assert_converged(
-        &env,
-        &["ha-1", "ha-2", "ha-3", "ha-new"].map(String::from),
-    );
+    assert_converged(&env, &["ha-1", "ha-2", "ha-3", "ha-new"].map(String::from));
 }
 
 #[test]
@@ -199,10 +196,7 @@ async fn a_standby_forwards_a_chat_turn_to_the_leader_streaming() {
         .iter()
         .find(|e| e["type"] == "tool_result")
         .unwrap_or_else(|| panic!("a tool result: {events:?}"));
-    assert!(
-        result.to_string().contains("via the leader"),
-        "{result}"
-    );
+    assert!(result.to_string().contains("via the leader"), "{result}");
     assert_eq!(events.last().unwrap()["type"], "done", "{events:?}");
     assert_eq!(b.metric("mcpo_forwarded_requests_total"), Some(1.0));
     assert_eq!(a.metric("mcpo_forwarded_requests_total"), Some(0.0));

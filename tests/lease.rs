@@ -170,7 +170,10 @@ async fn a_deposed_leaders_writes_change_nothing() {
     let (a, b) = (Lease::new(&s, "a"), Lease::new(&s, "b"));
     let ttl = Duration::from_millis(300);
     let t1 = a.try_acquire(ttl).await.unwrap().expect("a leads");
-    let created = s.create(&Session::new("fence", "mcp-server:latest")).await.unwrap();
+    let created = s
+        .create(&Session::new("fence", "mcp-server:latest"))
+        .await
+        .unwrap();
     let status = |phase| SessionStatus {
         phase,
         ..SessionStatus::default()
@@ -178,7 +181,11 @@ async fn a_deposed_leaders_writes_change_nothing() {
     // While t1 is the newest term, a's fenced writes go through.
     let old = s.fenced(t1);
     let written = old
-        .update_status("fence", created.metadata.resource_version.as_deref().unwrap(), &status(Phase::Pending))
+        .update_status(
+            "fence",
+            created.metadata.resource_version.as_deref().unwrap(),
+            &status(Phase::Pending),
+        )
         .await
         .expect("the leader's status write");
     let rv = written.metadata.resource_version.clone().unwrap();

@@ -158,8 +158,7 @@ impl From<StoreError> for ApiError {
             // The API's own writes are never fenced; a deposed leader's are, and they
             // end in a 503 like any other loss of the store.
             StoreError::Fenced { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotLeader", msg)
-                    .with_retry_after(1)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotLeader", msg).with_retry_after(1)
             }
         }
     }

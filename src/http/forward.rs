@@ -111,12 +111,13 @@ pub(super) async fn to_leader(
         let _held = &permit;
         chunk
     });
-    out.body(Body::from_stream(stream)).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("forwarded answer: {e}"),
-        )
-    })
-    .map(Some)
+    out.body(Body::from_stream(stream))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("forwarded answer: {e}"),
+            )
+        })
+        .map(Some)
 }

@@ -34,9 +34,9 @@ pub use error::{ApiError, Status};
 pub use limits::{Limits, MAX_REQUEST_TIMEOUT};
 pub use openapi::openapi_json;
 
-use crate::replica::Leadership;
 use crate::domain::contract::{Policy, PublishedPolicy};
 use crate::metrics::Metrics;
+use crate::replica::Leadership;
 use crate::runtime::Runtime;
 use crate::store::Store;
 

@@ -622,12 +622,7 @@ impl Env {
     pub fn leader_pid(&self) -> Option<u32> {
         let v = self.redis_cli(&["GET", &format!("mcpo:{}:leader", self.instance)]);
         // "<term> <host>/<pid>/<tag>"
-        v.split_whitespace()
-            .nth(1)?
-            .split('/')
-            .nth(1)?
-            .parse()
-            .ok()
+        v.split_whitespace().nth(1)?.split('/').nth(1)?.parse().ok()
     }
 }
 
