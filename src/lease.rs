@@ -254,9 +254,12 @@ pub async fn run(
             Some(held) => {
                 // Bounded, so a hung Redis still lets the deadline below decide.
                 let left = t.renew_deadline.saturating_sub(renewed.elapsed());
+                // The TTL starts when Redis runs the renew, at the latest when the reply
+                // comes back: count the deadline from the send, the safe side.
+                let sent = Instant::now();
                 let ok = tokio::time::timeout(left, lease.renew(held, t.ttl)).await;
                 match ok {
-                    Ok(Ok(true)) => renewed = Instant::now(),
+                    Ok(Ok(true)) => renewed = sent,
                     Ok(Ok(false)) => {
                         tracing::warn!(term = held, "lost the lease: stepping down");
                         term = None;
@@ -269,15 +272,18 @@ pub async fn run(
                     term = None;
                 }
             }
-            None => match lease.try_acquire(t.ttl).await {
-                Ok(Some(new)) => {
-                    tracing::info!(term = new, "became the leader");
-                    renewed = Instant::now();
-                    term = Some(new);
+            None => {
+                let sent = Instant::now();
+                match lease.try_acquire(t.ttl).await {
+                    Ok(Some(new)) => {
+                        tracing::info!(term = new, "became the leader");
+                        renewed = sent;
+                        term = Some(new);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "acquiring the lease failed"),
                 }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "acquiring the lease failed"),
-            },
+            }
         }
         leader.send_if_modified(|cur| {
             let changed = *cur != term;
