@@ -364,7 +364,10 @@ pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), Se
         concurrency: a.concurrency,
         resync_every: a.resync_interval,
         reconcile_timeout: a.reconcile_timeout,
-        shutdown_grace: a.shutdown_grace,
+        // A term ends (step-down or SIGTERM) with the lease still held until the running
+        // reconciles are done: give them at most HANDOVER_DRAIN, so a standby takes over
+        // within about a second. An aborted reconcile is planned again by the next leader.
+        shutdown_grace: a.shutdown_grace.min(HANDOVER_DRAIN),
         stall_after: a.stall_after,
         store_id_file: a.store_id_file.clone(),
         ..controller::Config::default()
@@ -528,6 +531,10 @@ pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), Se
     signals.abort();
     Ok(())
 }
+
+/// How long a leader whose term ends lets running reconciles finish before it aborts them
+/// and releases the lease.
+const HANDOVER_DRAIN: Duration = Duration::from_millis(500);
 
 /// Where `serve` writes, on a clean stop, how many other replicas are still live (next to
 /// the store identity file): the container entrypoint removes the instance's sandboxes
