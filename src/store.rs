@@ -37,12 +37,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::resource::{Session, SessionStatus};
+use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
 /// Approximate number of change entries kept in the stream.
 const STREAM_MAXLEN: usize = 100_000;
@@ -57,6 +58,21 @@ pub enum StoreError {
     /// Redis could not be reached or refused the command.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The write was made but fewer replicas than required (`--redis-wait-replicas`)
+    /// acknowledged it in time: it may still have been applied, and a failover may lose it.
+    #[error(
+        "the write was acknowledged by {acknowledged} of the {wanted} replicas required within \
+         {}: it may still have been applied, and a failover may lose it",
+        humantime::format_duration(*timeout)
+    )]
+    NotReplicated {
+        /// Replicas required.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acknowledged: u32,
+        /// How long the write waited.
+        timeout: Duration,
+    },
     /// No session has this name.
     #[error("session {0:?} not found")]
     NotFound(String),
@@ -102,6 +118,28 @@ pub enum StoreError {
         /// The store's revision now.
         now: u64,
     },
+}
+
+impl From<ConnError> for StoreError {
+    fn from(e: ConnError) -> StoreError {
+        match e {
+            ConnError::Redis(e) => StoreError::Redis(e),
+            ConnError::NotAcknowledged {
+                wanted,
+                acknowledged,
+                timeout,
+            } => StoreError::NotReplicated {
+                wanted,
+                acknowledged,
+                timeout,
+            },
+            ConnError::Config(msg) => StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Redis settings",
+                msg,
+            ))),
+        }
+    }
 }
 
 /// Kind of change.
@@ -180,11 +218,10 @@ struct Keys {
     prefix: String,
 }
 
-/// The Redis store. Cheap to clone; reconnects by itself.
+/// The Redis store. Cheap to clone; reconnects by itself (and follows a Sentinel failover).
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    con: ConnectionManager,
+    con: Conn,
     keys: Keys,
     write: Script,
     record: Script,
@@ -264,17 +301,15 @@ impl<'a> WriteKind<'a> {
 }
 
 impl Store {
-    /// Connect to `url` and use the key prefix `mcpo:<instance>`.
-    pub async fn connect(url: &str, instance: &str) -> Result<Store, StoreError> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2));
-        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
+    /// Connect to `target` (a URL, or Redis Sentinel; see [`crate::redis_conn`]) and use the
+    /// key prefix `mcpo:<instance>`.
+    pub async fn connect(
+        target: impl Into<RedisTarget>,
+        instance: &str,
+    ) -> Result<Store, StoreError> {
+        let con = Conn::connect(&target.into()).await?;
         let prefix = format!("mcpo:{instance}");
         Ok(Store {
-            client,
             con,
             keys: Keys {
                 objects: format!("{prefix}:objects"),
@@ -311,8 +346,9 @@ impl Store {
         )
     }
 
-    /// A command connection (reconnecting) for modules that keep their own keys here.
-    pub fn connection(&self) -> ConnectionManager {
+    /// A command connection (reconnecting, following the primary) for modules that keep
+    /// their own keys here.
+    pub fn connection(&self) -> Conn {
         self.con.clone()
     }
 
@@ -516,7 +552,9 @@ impl Store {
         mode: Mode<'_>,
         kind: WriteKind<'_>,
     ) -> Result<String, StoreError> {
-        let mut con = self.con.clone();
+        // With --redis-wait-replicas, a connection of its own: the WAIT below must run on
+        // the connection the script ran on.
+        let mut con = self.con.for_write().await?;
         let (op, json, status_only) = kind.args();
         let mode_arg = match mode {
             Mode::Create => "create",
@@ -543,7 +581,10 @@ impl Store {
             .invoke_async(&mut con)
             .await?;
         match outcome.as_str() {
-            "ok" => Ok(value),
+            "ok" => {
+                con.acknowledge().await?;
+                Ok(value)
+            }
             "exists" => Err(StoreError::AlreadyExists(name.to_string())),
             "notfound" => Err(StoreError::NotFound(name.to_string())),
             _ => Err(StoreError::Conflict {
@@ -759,12 +800,13 @@ impl Store {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(None);
-        let con = self
-            .client
+        let (client, primary) = self.con.primary_client();
+        let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(Watch {
             con,
+            primary,
             stream: self.keys.stream.clone(),
             id_key: self.keys.id.clone(),
             rv_key: self.keys.rv.clone(),
@@ -777,6 +819,8 @@ impl Store {
 /// A position in the change stream. [`Watch::next_batch`] blocks until changes arrive.
 pub struct Watch {
     con: MultiplexedConnection,
+    /// Fires when a Sentinel failover moved the primary: this connection is then stale.
+    primary: PrimaryChanges,
     stream: String,
     id_key: String,
     rv_key: String,
@@ -807,15 +851,22 @@ impl Watch {
             .get(&self.id_key)
             .get(&self.rv_key);
         let query = pipe.query_async(&mut self.con);
-        let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) =
-            tokio::time::timeout(block + Duration::from_secs(5), query)
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "the watch read did not answer in time",
-                    ))
-                })??;
+        let moved = self.primary.changed();
+        let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) = tokio::select! {
+            r = tokio::time::timeout(block + Duration::from_secs(5), query) => r.map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the watch read did not answer in time",
+                ))
+            })??,
+            () = moved => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the Redis primary changed (Sentinel failover); relist",
+                ))
+                .into());
+            }
+        };
         let identity = identity.unwrap_or_default();
         let rv = rv.unwrap_or(0);
         if identity != self.identity || rv < self.last {

@@ -148,6 +148,13 @@ impl From<StoreError> for ApiError {
             StoreError::Redis(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", msg)
             }
+            StoreError::NotReplicated {
+                wanted,
+                acknowledged,
+                ..
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReplicated", msg).with_details(
+                json!({"replicasWanted": wanted, "replicasAcknowledged": acknowledged}),
+            ),
             StoreError::Corrupt { name, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
                     .with_details(json!({"name": name}))
