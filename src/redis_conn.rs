@@ -9,23 +9,26 @@
 //! A `ConnectionManager` (connect 2 s, response 5 s, reconnect delay at most 2 s).
 //!
 //! ## Sentinel
-//! **Finding the primary.** Every sentinel is asked `SENTINEL MASTER <name>` at once; of the
-//! answers that flag the master neither subjectively nor objectively down, the ones with the
-//! highest config epoch (the newest failover) win, and the node they name must say `ROLE`
-//! master. Not redis-rs' resolver: it takes the *first* sentinel in list order whose master
-//! passes the role check, and after a `SENTINEL FAILOVER` the old primary goes on answering
-//! `master` — and accepting writes — for about ten seconds until Sentinel demotes it, while a
-//! sentinel that has not heard of the switch yet still names it.
+//! **Finding the primary.** Every sentinel is asked `SENTINEL MASTER <name>` at once and only
+//! the answers with the highest config epoch (the newest failover) count: if one of them is
+//! failing the master over right now there is no primary to use yet; otherwise the node
+//! they name (unless they flag it down) must say `ROLE` master. Not redis-rs' resolver: it
+//! takes the *first* sentinel in list order whose master passes the role check, and after a
+//! `SENTINEL FAILOVER` the old primary goes on answering `master` — and accepting writes,
+//! which the new primary never sees — for about ten seconds until Sentinel demotes it, while
+//! a sentinel that has not heard of the switch yet still names it.
 //!
-//! **Following it.** A task per sentinel subscribes to its `+switch-master` channel (pinged
-//! every 5 s, resubscribed with backoff); a command that fails with a connection error, a
-//! timeout, `READONLY` or `MASTERDOWN` does the same. Both only *request* a refresh: one
-//! refresher task finds the primary again, one refresh at a time, requests coalesced, at
-//! most one every 250 ms. When the primary moved, later commands go to the new one (a new
-//! `ConnectionManager`) and [`PrimaryChanges`] fires, so a dedicated connection (the store's
-//! blocking `XREAD`) can be reopened. The failed command's error still goes back to its
-//! caller: callers retry (reconciles with backoff, the watcher relists, the lease elector on
-//! its next round).
+//! **Following it.** A task per sentinel subscribes to its `+switch-master`, `+try-failover`
+//! and `-failover-abort-*` events (pinged every 5 s, resubscribed with backoff); a command
+//! that fails with a connection error, a timeout, `READONLY` or `MASTERDOWN` counts as
+//! well. Both only *request* a refresh: one refresher task asks the sentinels again, one
+//! refresh at a time, requests coalesced, at most one every 250 ms. While a failover is in
+//! progress commands fail at once (a write sent then could land on the primary being
+//! replaced after its replica was promoted, and be lost); when the primary moved, later
+//! commands go to the new one (a new `ConnectionManager`) and [`PrimaryChanges`] fires, so a
+//! dedicated connection (the store's blocking `XREAD`) is reopened. A failed command's error
+//! goes back to its caller: callers retry (reconciles with backoff, the watcher relists, the
+//! lease elector on its next round).
 //!
 //! ## Acknowledged writes (`WAIT`)
 //! With [`WaitReplicas`] set, a writer takes [`Conn::for_write`] — a connection of its own
@@ -540,6 +543,9 @@ struct Shared {
 struct Primary {
     /// Grows by one each time the primary changes.
     epoch: u64,
+    /// A sentinel reports a failover of this primary in progress: commands fail at once
+    /// (writes sent now could land on a primary about to be replaced, and be lost).
+    paused: bool,
     /// `host:port` of the primary (Sentinel), or the redacted URL.
     addr: String,
     client: Client,
@@ -575,7 +581,7 @@ impl Conn {
         let (addr, client, sentinels) = match &target.endpoint {
             Endpoint::Url(url) => (redact_url(url), target.url_client(url)?, None),
             Endpoint::Sentinel { sentinels, .. } => {
-                let (addr, client) = resolve(target).await?;
+                let (addr, client) = resolve(target).await?.ok_or_else(failing_over)?;
                 (addr, client, Some(sentinels.clone()))
             }
         };
@@ -583,6 +589,7 @@ impl Conn {
         let (changes, _) = watch::channel(0);
         let primary = RwLock::new(Primary {
             epoch: 0,
+            paused: false,
             addr,
             client,
             manager,
@@ -746,15 +753,34 @@ impl Shared {
         }
     }
 
+    fn set_paused(&self, paused: bool) {
+        self.primary
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .paused = paused;
+    }
+
     fn inspect_error(&self, epoch: u64, e: &RedisError) {
         self.inspect(epoch, error_says_moved(e));
     }
 
-    /// Find the primary; switch to it when it is not the one in use.
+    /// Find the primary; switch to it when it is not the one in use; pause while a
+    /// failover is in progress.
     async fn refresh(&self) -> Result<(), RedisError> {
-        let (addr, client) = resolve(&self.target).await?;
+        let found = resolve(&self.target).await?;
         let old = self.current();
+        let Some((addr, client)) = found else {
+            if !old.paused {
+                tracing::warn!(primary = %old.addr, "a Sentinel failover is in progress: Redis commands fail until it ends");
+                self.set_paused(true);
+            }
+            return Ok(());
+        };
         if addr == old.addr {
+            if old.paused {
+                tracing::info!(primary = %addr, "the Sentinel failover ended without a switch: using the primary again");
+                self.set_paused(false);
+            }
             return Ok(());
         }
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())?;
@@ -765,6 +791,7 @@ impl Shared {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             *p = Primary {
                 epoch: p.epoch + 1,
+                paused: false,
                 addr: addr.clone(),
                 client,
                 manager,
@@ -776,6 +803,14 @@ impl Shared {
         tracing::warn!(from = %old.addr, to = %addr, "the Redis primary changed (Sentinel): following it");
         Ok(())
     }
+}
+
+/// The error of a command refused while a failover is in progress.
+fn failing_over() -> RedisError {
+    RedisError::from((
+        ErrorKind::Io,
+        "a Sentinel failover is in progress; try again when it is over",
+    ))
 }
 
 /// Does this error say that the primary may have moved (or gone)?
@@ -806,9 +841,13 @@ fn value_says_moved(v: &Value) -> bool {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            let p = self.shared.current();
+            if p.paused {
+                self.shared.inspect(p.epoch, true);
+                return Err(failing_over());
+            }
             let (epoch, result) = match &mut self.lane {
                 Lane::Shared => {
-                    let p = self.shared.current();
                     let mut manager = p.manager;
                     (p.epoch, manager.req_packed_command(cmd).await)
                 }
@@ -830,9 +869,13 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let p = self.shared.current();
+            if p.paused {
+                self.shared.inspect(p.epoch, true);
+                return Err(failing_over());
+            }
             let (epoch, result) = match &mut self.lane {
                 Lane::Shared => {
-                    let p = self.shared.current();
                     let mut manager = p.manager;
                     (
                         p.epoch,
@@ -862,13 +905,17 @@ impl ConnectionLike for Conn {
 
 /// One master as a sentinel sees it.
 struct Seen {
+    /// The sentinel flags the master neither subjectively nor objectively down.
+    up: bool,
     config_epoch: u64,
+    /// The sentinel is failing this master over right now.
+    failing_over: bool,
     host: String,
     port: u16,
 }
 
-/// Ask one sentinel for the master; `None` when it flags it down.
-async fn ask(target: &RedisTarget, host: &str, port: u16) -> Result<Option<Seen>, RedisError> {
+/// Ask one sentinel for the master.
+async fn ask(target: &RedisTarget, host: &str, port: u16) -> Result<Seen, RedisError> {
     let client = target.sentinel_client(host, port)?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(SENTINEL_TIMEOUT))
@@ -893,14 +940,16 @@ async fn ask(target: &RedisTarget, host: &str, port: u16) -> Result<Option<Seen>
             "a sentinel's answer has no address",
         )));
     };
-    Ok(up.then(|| Seen {
+    Ok(Seen {
+        up,
+        failing_over: flags.split(',').any(|f| f == "failover_in_progress"),
         config_epoch: fields
             .get("config-epoch")
             .and_then(|e| e.parse().ok())
             .unwrap_or(0),
         host: host.clone(),
         port,
-    }))
+    })
 }
 
 /// Ask a node for its role (`master`, `slave`, `sentinel`).
@@ -923,9 +972,11 @@ async fn role(client: &Client) -> Result<String, RedisError> {
     })
 }
 
-/// Find the primary: every sentinel is asked; the answers with the highest config epoch
-/// that do not flag the master down win; the node they name must say it is a master.
-async fn resolve(target: &RedisTarget) -> Result<(String, Client), RedisError> {
+/// Find the primary: every sentinel is asked, and only the answers with the highest config
+/// epoch (the newest failover) count. `None` when one of them is failing the master over;
+/// otherwise those that do not flag it down name the primary, which must say it is a
+/// master.
+async fn resolve(target: &RedisTarget) -> Result<Option<(String, Client)>, RedisError> {
     let Endpoint::Sentinel {
         sentinels, master, ..
     } = &target.endpoint
@@ -941,20 +992,25 @@ async fn resolve(target: &RedisTarget) -> Result<(String, Client), RedisError> {
     let mut seen = Vec::new();
     for a in answers {
         match a {
-            Ok(Some(s)) => seen.push(s),
-            Ok(None) => {}
+            Ok(s) => seen.push(s),
             Err(e) => last_err = Some(e),
         }
     }
     let newest = seen.iter().map(|s| s.config_epoch).max();
+    seen.retain(|s| Some(s.config_epoch) == newest);
+    if seen.iter().any(|s| s.failing_over) {
+        return Ok(None);
+    }
     let mut tried = HashSet::new();
-    for s in seen.iter().filter(|s| Some(s.config_epoch) == newest) {
+    for s in seen.iter().filter(|s| s.up) {
         if !tried.insert((s.host.clone(), s.port)) {
             continue;
         }
         let client = target.node_client(&s.host, s.port)?;
         match role(&client).await {
-            Ok(r) if r == "master" => return Ok((format!("{}:{}", s.host, s.port), client)),
+            Ok(r) if r == "master" => {
+                return Ok(Some((format!("{}:{}", s.host, s.port), client)));
+            }
             Ok(r) => {
                 last_err = Some(RedisError::from((
                     ErrorKind::Io,
@@ -990,7 +1046,7 @@ async fn refresher(shared: std::sync::Weak<Shared>, wake: Arc<Notify>) {
     }
 }
 
-/// Follow one sentinel's `+switch-master` channel, resubscribing with backoff.
+/// Follow one sentinel's failover events for the master, resubscribing with backoff.
 async fn subscribe(sentinel: Client, master: String, wake: Arc<Notify>) {
     let mut delay = MIN_RESUBSCRIBE_DELAY;
     let mut subscribed_before = false;
@@ -1023,7 +1079,11 @@ async fn listen(
         Err(_) => return timed_out(),
     };
     let (mut sink, mut stream) = pubsub.split();
-    match tokio::time::timeout(SENTINEL_TIMEOUT, sink.subscribe("+switch-master")).await {
+    let subscribed = async {
+        sink.subscribe(&["+switch-master", "+try-failover"]).await?;
+        sink.psubscribe("-failover-abort-*").await
+    };
+    match tokio::time::timeout(SENTINEL_TIMEOUT, subscribed).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return e,
         Err(_) => return timed_out(),
@@ -1043,10 +1103,11 @@ async fn listen(
                 let Some(msg) = msg else {
                     return RedisError::from((ErrorKind::Io, "the sentinel closed the subscription"));
                 };
-                // `<name> <old ip> <old port> <new ip> <new port>`
+                // `+switch-master`: `<name> <old ip> <old port> <new ip> <new port>`;
+                // the others: `master <name> <ip> <port>`.
                 let payload: String = msg.get_payload().unwrap_or_default();
-                if payload.split(' ').next() == Some(master) {
-                    tracing::info!(switch = %payload, "Sentinel switched the primary");
+                if payload.split(' ').take(2).any(|w| w == master) {
+                    tracing::info!(event = %msg.get_channel_name(), %payload, "Sentinel event");
                     wake.notify_one();
                 }
             }
