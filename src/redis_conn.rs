@@ -753,6 +753,21 @@ impl Shared {
         }
     }
 
+    /// The primary to send a command to now and, with Sentinel, what tells that it changed
+    /// while the command was in flight. Fails at once while a failover is in progress.
+    fn begin(&self) -> Result<(Primary, Option<watch::Receiver<u64>>), RedisError> {
+        let mut p = self.current();
+        let moved = self.wake.as_ref().map(|_| self.changes.subscribe());
+        if moved.as_ref().is_some_and(|rx| *rx.borrow() != p.epoch) {
+            p = self.current();
+        }
+        if p.paused {
+            self.inspect(p.epoch, true);
+            return Err(failing_over());
+        }
+        Ok((p, moved))
+    }
+
     fn set_paused(&self, paused: bool) {
         self.primary
             .write()
@@ -813,6 +828,31 @@ fn failing_over() -> RedisError {
     ))
 }
 
+/// The error of a command whose primary was replaced while it was in flight (it may or
+/// may not have been applied by the old one).
+fn primary_changed() -> RedisError {
+    RedisError::from((
+        ErrorKind::Io,
+        "the Redis primary changed (Sentinel failover) while the command was in flight",
+    ))
+}
+
+/// Run `fut`, or give up with [`primary_changed`] as soon as `moved` says the primary
+/// changed: a command stuck on the old primary (reconnecting to a dead node, blocked in
+/// `XREAD`) is released at the switch, and its caller retries on the new one.
+async fn until_moved<T>(
+    moved: Option<watch::Receiver<u64>>,
+    fut: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, RedisError> {
+    let Some(mut rx) = moved else {
+        return fut.await;
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = rx.changed() => Err(primary_changed()),
+    }
+}
+
 /// Does this error say that the primary may have moved (or gone)?
 fn error_says_moved(e: &RedisError) -> bool {
     e.is_io_error()
@@ -841,17 +881,24 @@ fn value_says_moved(v: &Value) -> bool {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let p = self.shared.current();
-            if p.paused {
-                self.shared.inspect(p.epoch, true);
-                return Err(failing_over());
-            }
+            let (p, moved) = self.shared.begin()?;
             let (epoch, result) = match &mut self.lane {
                 Lane::Shared => {
                     let mut manager = p.manager;
-                    (p.epoch, manager.req_packed_command(cmd).await)
+                    (
+                        p.epoch,
+                        until_moved(moved, manager.req_packed_command(cmd)).await,
+                    )
                 }
-                Lane::Pinned { con, epoch } => (*epoch, con.req_packed_command(cmd).await),
+                Lane::Pinned { con, epoch } => {
+                    if *epoch != p.epoch {
+                        return Err(primary_changed());
+                    }
+                    (
+                        *epoch,
+                        until_moved(moved, con.req_packed_command(cmd)).await,
+                    )
+                }
             };
             let moved = match &result {
                 Ok(v) => value_says_moved(v),
@@ -869,21 +916,23 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let p = self.shared.current();
-            if p.paused {
-                self.shared.inspect(p.epoch, true);
-                return Err(failing_over());
-            }
+            let (p, moved) = self.shared.begin()?;
             let (epoch, result) = match &mut self.lane {
                 Lane::Shared => {
                     let mut manager = p.manager;
                     (
                         p.epoch,
-                        manager.req_packed_commands(cmd, offset, count).await,
+                        until_moved(moved, manager.req_packed_commands(cmd, offset, count)).await,
                     )
                 }
                 Lane::Pinned { con, epoch } => {
-                    (*epoch, con.req_packed_commands(cmd, offset, count).await)
+                    if *epoch != p.epoch {
+                        return Err(primary_changed());
+                    }
+                    (
+                        *epoch,
+                        until_moved(moved, con.req_packed_commands(cmd, offset, count)).await,
+                    )
                 }
             };
             let moved = match &result {
