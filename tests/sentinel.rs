@@ -532,3 +532,263 @@ async fn writes_wait_for_replicas_and_fail_when_too_few_acknowledge() {
         other => panic!("expected NotReplicated, got {other:?}"),
     }
 }
+
+/// `openssl ARGS` in `dir`, panicking with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run openssl ({e}); install it (apt-get install openssl)")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it: (ca.crt, server.crt, server.key).
+fn certificates(dir: &Path) -> (String, String, String) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    (p("ca.crt"), p("server.crt"), p("server.key"))
+}
+
+#[tokio::test]
+async fn tls_and_passwords_to_redis_and_to_the_sentinels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let tls = |port: u16| -> Vec<String> {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let tls_cli = |port: u16, password: &str, args: &[&str]| -> String {
+        let out = Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                &ca,
+                "-p",
+                &port.to_string(),
+                "-a",
+                password,
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let port = free_port();
+    let mut args = tls(port);
+    args.extend(["--save", "", "--requirepass", "node-secret", "--dir"].map(String::from));
+    args.push(dir.path().to_str().unwrap().to_string());
+    let _primary = Proc {
+        child: spawn_server(&args),
+        port,
+    };
+    wait_until(Duration::from_secs(5), "a TLS redis-server", || {
+        tls_cli(port, "node-secret", &["PING"]) == "PONG"
+    });
+    let sport = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {sport}\nbind 127.0.0.1\ndir {d}\n\
+             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients no\ntls-replication yes\nrequirepass sentinel-secret\n\
+             sentinel monitor {MASTER} 127.0.0.1 {port} 1\n\
+             sentinel auth-pass {MASTER} node-secret\n",
+            d = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let _sentinel = Proc {
+        child: spawn_server(&[conf.to_str().unwrap().to_string(), "--sentinel".into()]),
+        port: sport,
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the TLS sentinel to see its master",
+        || {
+            let out = tls_cli(sport, "sentinel-secret", &["SENTINEL", "MASTER", MASTER]);
+            out.lines()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w[0] == "flags" && w[1] == "master")
+        },
+    );
+    let pem = std::fs::read(&ca).unwrap();
+
+    // Sentinel mode: TLS and a password to the sentinel and to the node.
+    let target = RedisTarget::sentinel(&format!("127.0.0.1:{sport}"), MASTER)
+        .unwrap()
+        .with_passwords(
+            Some("node-secret".parse().unwrap()),
+            Some("sentinel-secret".parse().unwrap()),
+        )
+        .unwrap()
+        .with_tls(true, Some(pem.clone()))
+        .unwrap();
+    let shown = format!("{target} {target:?}");
+    assert!(!shown.contains("secret"), "{shown}");
+    let store = Store::connect(target, "tls").await.unwrap();
+    store.create(&session("over-tls")).await.unwrap();
+    assert!(store.get("over-tls").await.unwrap().is_some());
+    // Without the CA the certificate is refused.
+    let untrusted = RedisTarget::sentinel(&format!("127.0.0.1:{sport}"), MASTER)
+        .unwrap()
+        .with_passwords(
+            Some("node-secret".parse().unwrap()),
+            Some("sentinel-secret".parse().unwrap()),
+        )
+        .unwrap()
+        .with_tls(true, None)
+        .unwrap();
+    assert!(Store::connect(untrusted, "tls").await.is_err());
+
+    // One Redis at a rediss:// URL, the password and the CA from flags; and the CLI with the
+    // same settings from its environment, through the sentinel.
+    let url = format!("rediss://127.0.0.1:{port}");
+    let target = RedisTarget::url(url.as_str())
+        .with_passwords(Some("node-secret".parse().unwrap()), None)
+        .unwrap()
+        .with_tls(false, Some(pem))
+        .unwrap();
+    let store = Store::connect(target, "tls").await.unwrap();
+    assert!(store.get("over-tls").await.unwrap().is_some());
+    let run = |envs: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["get", "-o", "name"])
+            .env("ORCHESTRATOR_INSTANCE", "tls")
+            .env_remove("ORCHESTRATOR_URL")
+            .env_remove("REDIS_URL");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.output().expect("the CLI runs")
+    };
+    let sentinels = format!("127.0.0.1:{sport}");
+    let out = run(&[
+        ("REDIS_SENTINELS", &sentinels),
+        ("REDIS_SENTINEL_MASTER", MASTER),
+        ("REDIS_PASSWORD", "node-secret"),
+        ("REDIS_SENTINEL_PASSWORD", "sentinel-secret"),
+        ("REDIS_TLS", "true"),
+        ("REDIS_TLS_CA", &ca),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "session/over-tls"
+    );
+    let out = run(&[
+        ("REDIS_URL", &url),
+        ("REDIS_PASSWORD", "node-secret"),
+        ("REDIS_TLS_CA", &ca),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A failure (a wrong password) names the target, never the password.
+    let out = run(&[
+        (
+            "REDIS_URL",
+            &format!("rediss://:url-secret@127.0.0.1:{port}"),
+        ),
+        ("REDIS_TLS_CA", &ca),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("rediss://***@127.0.0.1") && !err.contains("url-secret"),
+        "{err}"
+    );
+}
