@@ -212,3 +212,28 @@ impl From<OpsError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_the_replicas_did_not_acknowledge_is_503_and_says_it_may_be_applied() {
+        let e = ApiError::from(StoreError::NotReplicated {
+            wanted: 2,
+            acknowledged: 1,
+            timeout: std::time::Duration::from_millis(500),
+        });
+        assert_eq!(e.code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.reason, "NotReplicated");
+        assert!(
+            e.message.contains("may still have been applied"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            e.details,
+            json!({"replicasWanted": 2, "replicasAcknowledged": 1})
+        );
+    }
+}
