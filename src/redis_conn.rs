@@ -637,6 +637,11 @@ impl Conn {
         })
     }
 
+    /// Does this connection follow Sentinel failovers (and [`PrimaryChanges`] ever fire)?
+    pub fn follows_failovers(&self) -> bool {
+        self.shared.wake.is_some()
+    }
+
     /// A client for the current primary, for a dedicated connection (a blocking `XREAD`),
     /// and what tells its user that the primary changed and the connection should be
     /// reopened.

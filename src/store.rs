@@ -34,11 +34,11 @@
 //! restarted without persistence) by a jump in ids.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
@@ -797,30 +797,82 @@ impl Store {
     /// as returned by [`Store::list`]). The watch fails with [`StoreError::Reset`] as soon as
     /// the store's identity changes or its revision goes below `revision`.
     pub async fn watch_from(&self, revision: u64, identity: &str) -> Result<Watch, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
         let (client, primary) = self.con.primary_client();
         let con = client
-            .get_multiplexed_async_connection_with_config(&config)
+            .get_multiplexed_async_connection_with_config(&watch_config())
             .await?;
-        Ok(Watch {
+        let mut w = Watch {
             con,
+            conn: self.con.clone(),
             primary,
+            follow: self.con.follows_failovers(),
+            stale: None,
+            tip: None,
             stream: self.keys.stream.clone(),
             id_key: self.keys.id.clone(),
             rv_key: self.keys.rv.clone(),
             identity: identity.to_string(),
             last: revision,
-        })
+        };
+        if w.follow && revision > 0 {
+            let (tip, _, _) = w.at_position().await?;
+            w.tip = tip;
+        }
+        Ok(w)
     }
 }
 
+/// The dedicated connection of a watch: no response timeout (it blocks in `XREAD`).
+fn watch_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(None)
+}
+
+/// How long a watch that follows Sentinel failovers waits for a primary to read from again
+/// before it gives up (and its caller relists).
+const FOLLOW_WAIT: Duration = Duration::from_secs(60);
+
+/// A broken or stale connection (not a refusal by Redis).
+fn connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// What identifies a stream entry's content: another store's entry under the same id
+/// (history that diverged in a failover) differs.
+fn fingerprint(map: &HashMap<String, Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for k in ["type", "name", "status", "object"] {
+        match map.get(k) {
+            Some(Value::BulkString(b)) => b.hash(&mut h),
+            Some(Value::SimpleString(s)) => s.as_bytes().hash(&mut h),
+            _ => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
 /// A position in the change stream. [`Watch::next_batch`] blocks until changes arrive.
+///
+/// With Sentinel ([`Conn::follows_failovers`]) a watch survives a failover: when its
+/// connection breaks or the primary changes, it reconnects to the (new) primary — waiting up
+/// to a minute for one — and goes on from its position, after checking that the store there
+/// is the same one, not behind the position, with the same entry at the position. A new
+/// primary that lacks writes the watch has seen (asynchronous replication) is a
+/// [`StoreError::Reset`] under the same identity: the controller's rollback hold.
 pub struct Watch {
     con: MultiplexedConnection,
-    /// Fires when a Sentinel failover moved the primary: this connection is then stale.
+    /// The store's connection: where the primary is now.
+    conn: Conn,
+    /// Fires when a Sentinel failover moved the primary: `con` is then stale.
     primary: PrimaryChanges,
+    /// Follow failovers (Sentinel) instead of failing.
+    follow: bool,
+    /// Since when `con` is broken or on an old primary (following only).
+    stale: Option<Instant>,
+    /// The fingerprint of the entry at `last`, when known (following only).
+    tip: Option<u64>,
     stream: String,
     id_key: String,
     rv_key: String,
@@ -834,9 +886,79 @@ impl Watch {
         self.last
     }
 
+    /// The fingerprint of the entry at the position (if the stream still has it), the
+    /// identity and the revision, in one round trip.
+    async fn at_position(&mut self) -> Result<(Option<u64>, String, u64), StoreError> {
+        let id = format!("{}-0", self.last);
+        let (range, identity, rv): (StreamRangeReply, Option<String>, Option<u64>) = redis::pipe()
+            .xrange(&self.stream, &id, &id)
+            .get(&self.id_key)
+            .get(&self.rv_key)
+            .query_async(&mut self.con)
+            .await?;
+        Ok((
+            range.ids.first().map(|e| fingerprint(&e.map)),
+            identity.unwrap_or_default(),
+            rv.unwrap_or(0),
+        ))
+    }
+
+    /// Reconnect to the primary (waiting for one until `since` + [`FOLLOW_WAIT`]) and check
+    /// that the stream there continues the one this watch read.
+    async fn reopen(&mut self, since: Instant) -> Result<(), StoreError> {
+        // Never a tight loop, whatever fails below.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let (client, mut changes) = self.conn.primary_client();
+            match client
+                .get_multiplexed_async_connection_with_config(&watch_config())
+                .await
+            {
+                Ok(con) => {
+                    self.con = con;
+                    self.primary = changes;
+                    break;
+                }
+                Err(e) if since.elapsed() >= FOLLOW_WAIT => return Err(e.into()),
+                Err(_) => tokio::select! {
+                    () = changes.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                },
+            }
+        }
+        let (tip, identity, rv) = self.at_position().await?;
+        // An entry at the position with other content: the histories diverged at or before
+        // it, so the store agrees with what this watch saw only below it.
+        let diverged = matches!((tip, self.tip), (Some(now), Some(seen)) if now != seen);
+        if identity != self.identity || rv < self.last || diverged {
+            return Err(StoreError::Reset {
+                old: self.identity.clone(),
+                new: identity,
+                seen: self.last,
+                now: if diverged {
+                    rv.min(self.last.saturating_sub(1))
+                } else {
+                    rv
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Wait up to `block` for changes after the current position. Returns an empty batch on
     /// timeout, [`StoreError::Gone`] when changes were lost (trimmed or reset store).
     pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, StoreError> {
+        if let Some(since) = self.stale {
+            match self.reopen(since).await {
+                Ok(()) => self.stale = None,
+                Err(StoreError::Redis(e))
+                    if connection_error(&e) && since.elapsed() < FOLLOW_WAIT =>
+                {
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let opts = StreamReadOptions::default()
             .block(block.as_millis().max(1) as usize)
             .count(1000);
@@ -852,20 +974,25 @@ impl Watch {
             .get(&self.rv_key);
         let query = pipe.query_async(&mut self.con);
         let moved = self.primary.changed();
-        let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) = tokio::select! {
-            r = tokio::time::timeout(block + Duration::from_secs(5), query) => r.map_err(|_| {
-                redis::RedisError::from((
+        let result: Result<(Option<StreamReadReply>, Option<String>, Option<u64>), _> = tokio::select! {
+            r = tokio::time::timeout(block + Duration::from_secs(5), query) => r.unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
                     "the watch read did not answer in time",
-                ))
-            })??,
-            () = moved => {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "the Redis primary changed (Sentinel failover); relist",
-                ))
-                .into());
+                )))
+            }),
+            () = moved => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the Redis primary changed (Sentinel failover)",
+            ))),
+        };
+        let (reply, identity, rv) = match result {
+            Ok(r) => r,
+            Err(e) if self.follow && connection_error(&e) => {
+                self.stale = Some(Instant::now());
+                return Ok(Vec::new());
             }
+            Err(e) => return Err(e.into()),
         };
         let identity = identity.unwrap_or_default();
         let rv = rv.unwrap_or(0);
@@ -893,6 +1020,9 @@ impl Watch {
                     return Err(StoreError::Gone(self.last));
                 }
                 self.last = revision;
+                if self.follow {
+                    self.tip = Some(fingerprint(&entry.map));
+                }
                 let field = |k: &str| match entry.map.get(k) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
                     Some(Value::SimpleString(s)) => s.clone(),

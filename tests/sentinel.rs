@@ -9,8 +9,11 @@
 //!   Both must run within 10 s of the fault (printed), nothing may be duplicated, and the
 //!   untouched sessions keep their containers and restart counts.
 //! - `the_store_follows…`: the library alone: writes go to the new primary only (none lands
-//!   on the old one, which still answers as a master for seconds), and a watch is told to
-//!   relist.
+//!   on the old one, which still answers as a master for seconds), and a watch goes on from
+//!   its position on the new primary.
+//! - `a_failover_that_loses…`: a write the watch saw never reached the replica that is
+//!   promoted: the watch reports a rollback of the same store.
+//! - `tls_and_passwords…`: TLS (a test CA) and passwords to Redis and to a sentinel.
 //! - `writes_wait_for_replicas…`: `--redis-wait-replicas` with one replica: one replica
 //!   acknowledges; two cannot, and the write fails with `NotReplicated` within the timeout;
 //!   a waiting write does not stall the other commands.
@@ -445,18 +448,78 @@ async fn the_store_follows_a_forced_failover_and_never_writes_to_the_old_primary
         resumed.map_or(0, |d| d.as_millis()),
         role.lines().next().unwrap_or_default()
     );
-    // The watch (a dedicated connection to the old primary) is told to relist.
+    // The watch (a dedicated connection, to the old primary at first) goes on from its
+    // position on the new primary: every write, in order, no error.
+    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match watch.next_batch(Duration::from_millis(200)).await {
-            Err(StoreError::Redis(e)) => {
-                assert!(e.to_string().contains("primary changed"), "{e}");
-                break;
-            }
-            Err(e) => panic!("unexpected: {e}"),
-            Ok(_) => assert!(Instant::now() < deadline, "the watch never noticed"),
+    while seen.len() < 20 {
+        for ev in watch.next_batch(Duration::from_millis(200)).await.unwrap() {
+            seen.push(ev.name);
         }
+        assert!(Instant::now() < deadline, "the watch saw only {seen:?}");
     }
+    let want: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    assert_eq!(seen, want);
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .map(|s| s.success());
+    assert!(matches!(ok, Ok(true)), "kill {sig} failed");
+}
+
+/// Asynchronous replication loses a write the watch saw: the promoted replica is behind the
+/// watch's position, which the watch reports as a rollback of the same store (the controller
+/// then holds orphans).
+#[tokio::test]
+async fn a_failover_that_loses_a_seen_write_is_a_rollback_for_the_watch() {
+    let mut topo = Topology::start(true);
+    let target = RedisTarget::sentinel(&topo.sentinel_list(), MASTER).unwrap();
+    let store = Store::connect(target, "rollback").await.unwrap();
+    store.create(&session("kept")).await.unwrap();
+    let mut watch = store.watch(store.revision().await.unwrap()).await.unwrap();
+    // Cut replication, then write: the write is acknowledged by the primary only.
+    signal(&topo.replica, "-STOP");
+    cli(topo.primary_port(), &["CLIENT", "KILL", "TYPE", "replica"]);
+    store.create(&session("lost")).await.unwrap();
+    let batch = watch.next_batch(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(batch.len(), 1, "the watch saw the write");
+    let seen = watch.revision();
+    topo.kill_primary();
+    signal(&topo.replica, "-CONT");
+    let t0 = Instant::now();
+    let err = loop {
+        match watch.next_batch(Duration::from_millis(500)).await {
+            Ok(b) => assert!(b.is_empty(), "nothing new: {b:?}"),
+            Err(e) => break e,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the failover did not end the watch"
+        );
+    };
+    match err {
+        StoreError::Reset {
+            old,
+            new,
+            seen: s,
+            now,
+        } => {
+            assert_eq!(old, new, "the same store");
+            assert_eq!(s, seen);
+            assert_eq!(now, seen - 1, "the lost write");
+        }
+        other => panic!("expected a rollback, got {other}"),
+    }
+    eprintln!(
+        "sentinel failover (lost write): the watch reported the rollback {} ms after the \
+         primary was killed",
+        t0.elapsed().as_millis()
+    );
+    assert!(store.get("lost").await.unwrap().is_none());
+    assert!(store.get("kept").await.unwrap().is_some());
 }
 
 #[tokio::test]
