@@ -803,20 +803,25 @@ impl Store {
             .await?;
         let mut w = Watch {
             con,
-            conn: self.con.clone(),
             primary,
-            follow: self.con.follows_failovers(),
-            stale: None,
-            tip: None,
+            follow: self.con.follows_failovers().then(|| {
+                Box::new(Following {
+                    conn: self.con.clone(),
+                    stale: None,
+                    tip: None,
+                })
+            }),
             stream: self.keys.stream.clone(),
             id_key: self.keys.id.clone(),
             rv_key: self.keys.rv.clone(),
             identity: identity.to_string(),
             last: revision,
         };
-        if w.follow && revision > 0 {
+        if w.follow.is_some() && revision > 0 {
             let (tip, _, _) = w.at_position().await?;
-            w.tip = tip;
+            if let Some(f) = w.follow.as_mut() {
+                f.tip = tip;
+            }
         }
         Ok(w)
     }
@@ -863,21 +868,25 @@ fn fingerprint(map: &HashMap<String, Value>) -> u64 {
 /// [`StoreError::Reset`] under the same identity: the controller's rollback hold.
 pub struct Watch {
     con: MultiplexedConnection,
-    /// The store's connection: where the primary is now.
-    conn: Conn,
     /// Fires when a Sentinel failover moved the primary: `con` is then stale.
     primary: PrimaryChanges,
-    /// Follow failovers (Sentinel) instead of failing.
-    follow: bool,
-    /// Since when `con` is broken or on an old primary (following only).
-    stale: Option<Instant>,
-    /// The fingerprint of the entry at `last`, when known (following only).
-    tip: Option<u64>,
+    /// Set when the watch follows failovers (Sentinel) instead of failing.
+    follow: Option<Box<Following>>,
     stream: String,
     id_key: String,
     rv_key: String,
     identity: String,
     last: u64,
+}
+
+/// The state of a watch that follows failovers.
+struct Following {
+    /// The store's connection: where the primary is now.
+    conn: Conn,
+    /// Since when the watch's connection is broken or on an old primary.
+    stale: Option<Instant>,
+    /// The fingerprint of the entry at the position, when known.
+    tip: Option<u64>,
 }
 
 impl Watch {
@@ -906,10 +915,13 @@ impl Watch {
     /// Reconnect to the primary (waiting for one until `since` + [`FOLLOW_WAIT`]) and check
     /// that the stream there continues the one this watch read.
     async fn reopen(&mut self, since: Instant) -> Result<(), StoreError> {
+        let Some(conn) = self.follow.as_ref().map(|f| f.conn.clone()) else {
+            return Ok(());
+        };
         // Never a tight loop, whatever fails below.
         tokio::time::sleep(Duration::from_millis(20)).await;
         loop {
-            let (client, mut changes) = self.conn.primary_client();
+            let (client, mut changes) = conn.primary_client();
             match client
                 .get_multiplexed_async_connection_with_config(&watch_config())
                 .await
@@ -929,7 +941,8 @@ impl Watch {
         let (tip, identity, rv) = self.at_position().await?;
         // An entry at the position with other content: the histories diverged at or before
         // it, so the store agrees with what this watch saw only below it.
-        let diverged = matches!((tip, self.tip), (Some(now), Some(seen)) if now != seen);
+        let seen_tip = self.follow.as_ref().and_then(|f| f.tip);
+        let diverged = matches!((tip, seen_tip), (Some(now), Some(seen)) if now != seen);
         if identity != self.identity || rv < self.last || diverged {
             return Err(StoreError::Reset {
                 old: self.identity.clone(),
@@ -948,9 +961,13 @@ impl Watch {
     /// Wait up to `block` for changes after the current position. Returns an empty batch on
     /// timeout, [`StoreError::Gone`] when changes were lost (trimmed or reset store).
     pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, StoreError> {
-        if let Some(since) = self.stale {
+        if let Some(since) = self.follow.as_ref().and_then(|f| f.stale) {
             match self.reopen(since).await {
-                Ok(()) => self.stale = None,
+                Ok(()) => {
+                    if let Some(f) = self.follow.as_mut() {
+                        f.stale = None;
+                    }
+                }
                 Err(StoreError::Redis(e))
                     if connection_error(&e) && since.elapsed() < FOLLOW_WAIT =>
                 {
@@ -988,8 +1005,10 @@ impl Watch {
         };
         let (reply, identity, rv) = match result {
             Ok(r) => r,
-            Err(e) if self.follow && connection_error(&e) => {
-                self.stale = Some(Instant::now());
+            Err(e) if connection_error(&e) && self.follow.is_some() => {
+                if let Some(f) = self.follow.as_mut() {
+                    f.stale = Some(Instant::now());
+                }
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
@@ -1020,8 +1039,8 @@ impl Watch {
                     return Err(StoreError::Gone(self.last));
                 }
                 self.last = revision;
-                if self.follow {
-                    self.tip = Some(fingerprint(&entry.map));
+                if let Some(f) = self.follow.as_mut() {
+                    f.tip = Some(fingerprint(&entry.map));
                 }
                 let field = |k: &str| match entry.map.get(k) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
