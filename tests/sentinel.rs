@@ -80,6 +80,7 @@ impl Topology {
         let replica = data_node(dir.path(), Some(primary.port));
         wait_until(Duration::from_secs(10), "the replica to sync", || {
             cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+                && cli(primary.port, &["INFO", "replication"]).contains("state=online")
         });
         let mut t = Topology {
             primary: Some(primary),
