@@ -835,8 +835,9 @@ fn watch_config() -> AsyncConnectionConfig {
 }
 
 /// How long a watch that follows Sentinel failovers waits for a primary to read from again
-/// before it gives up (and its caller relists).
-const FOLLOW_WAIT: Duration = Duration::from_secs(60);
+/// before it gives up (and its caller relists). Longer than Sentinel's default failover
+/// timeout (3 min).
+const FOLLOW_WAIT: Duration = Duration::from_secs(300);
 
 /// A broken or stale connection (not a refusal by Redis).
 fn connection_error(e: &redis::RedisError) -> bool {
@@ -862,7 +863,7 @@ fn fingerprint(map: &HashMap<String, Value>) -> u64 {
 ///
 /// With Sentinel ([`Conn::follows_failovers`]) a watch survives a failover: when its
 /// connection breaks or the primary changes, it reconnects to the (new) primary — waiting up
-/// to a minute for one — and goes on from its position, after checking that the store there
+/// to five minutes for one — and goes on from its position, after checking that the store there
 /// is the same one, not behind the position, with the same entry at the position. A new
 /// primary that lacks writes the watch has seen (asynchronous replication) is a
 /// [`StoreError::Reset`] under the same identity: the controller's rollback hold.

@@ -41,6 +41,22 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Does a replica acknowledge a write to `port` within 100 ms?
+fn acknowledged(port: u16) -> bool {
+    let mut c = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}); install redis-tools"));
+    if let Some(mut stdin) = c.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"SET sentinel-test-sync 1\nWAIT 1 100\n");
+    }
+    let out = c.wait_with_output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out).lines().last() == Some("1")
+}
+
 fn spawn_server(args: &[String]) -> Child {
     Command::new("redis-server")
         .args(args)
@@ -78,11 +94,11 @@ impl Topology {
         let dir = tempfile::tempdir().unwrap();
         let primary = data_node(dir.path(), None);
         let replica = data_node(dir.path(), Some(primary.port));
-        // In sync, and acknowledging: right after a sync the primary learns the replica's
-        // offset only from its periodic ack (about a second), and WAIT waits for it.
+        // In sync, and acknowledging writes: right after a sync the first WAIT can take
+        // about a second (the replica's periodic ack), which would skew the WAIT figures.
         wait_until(Duration::from_secs(10), "the replica to sync", || {
             cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
-                && cli(primary.port, &["WAIT", "1", "100"]) == "1"
+                && acknowledged(primary.port)
         });
         let mut t = Topology {
             primary: Some(primary),
