@@ -25,10 +25,11 @@
 //! refresh at a time, requests coalesced, at most one every 250 ms. While a failover is in
 //! progress commands fail at once (a write sent then could land on the primary being
 //! replaced after its replica was promoted, and be lost); when the primary moved, later
-//! commands go to the new one (a new `ConnectionManager`) and [`PrimaryChanges`] fires, so a
-//! dedicated connection (the store's blocking `XREAD`) is reopened. A failed command's error
-//! goes back to its caller: callers retry (reconciles with backoff, the watcher relists, the
-//! lease elector on its next round).
+//! commands go to the new one (a new `ConnectionManager`), a command still in flight on the
+//! old one fails (rather than wait out the old manager's reconnects to a dead node), and
+//! [`PrimaryChanges`] fires, so a dedicated connection (the store's blocking `XREAD`) is
+//! reopened. A failed command's error goes back to its caller: callers retry (reconciles
+//! with backoff, the store watch reconnects, the lease elector on its next round).
 //!
 //! ## Acknowledged writes (`WAIT`)
 //! With [`WaitReplicas`] set, a writer takes [`Conn::for_write`] — a connection of its own
@@ -749,8 +750,9 @@ impl Shared {
             .clone()
     }
 
-    /// Ask the refresher to look for the primary again if `result` (of a command sent to
-    /// the primary of `epoch`) says it may have moved.
+    /// Ask the refresher to look for the primary again when `moved` (a command sent to the
+    /// primary of `epoch` failed in a way that says it may have moved) and that primary is
+    /// still the current one.
     fn inspect(&self, epoch: u64, moved: bool) {
         let Some(wake) = &self.wake else { return };
         if moved && self.changes.borrow().eq(&epoch) {
