@@ -43,6 +43,8 @@ pub struct Global {
     #[arg(
         long,
         env = "REDIS_URL",
+        hide_env_values = true,
+        help_heading = "Redis",
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]
@@ -52,6 +54,7 @@ pub struct Global {
     #[arg(
         long,
         env = "REDIS_SENTINELS",
+        help_heading = "Redis",
         global = true,
         value_name = "HOST:PORT,..."
     )]
@@ -60,6 +63,7 @@ pub struct Global {
     #[arg(
         long,
         env = "REDIS_SENTINEL_MASTER",
+        help_heading = "Redis",
         global = true,
         value_name = "NAME"
     )]
@@ -68,6 +72,7 @@ pub struct Global {
     #[arg(
         long,
         env = "REDIS_PASSWORD",
+        help_heading = "Redis",
         global = true,
         hide_env_values = true,
         value_name = "PASSWORD"
@@ -77,27 +82,41 @@ pub struct Global {
     #[arg(
         long,
         env = "REDIS_SENTINEL_PASSWORD",
+        help_heading = "Redis",
         global = true,
         hide_env_values = true,
         value_name = "PASSWORD"
     )]
     pub redis_sentinel_password: Option<Secret>,
     /// Redis database number (replaces one in --redis-url).
-    #[arg(long, env = "REDIS_DB", global = true, value_name = "N")]
+    #[arg(
+        long,
+        env = "REDIS_DB",
+        help_heading = "Redis",
+        global = true,
+        value_name = "N"
+    )]
     pub redis_db: Option<i64>,
     /// TLS to the sentinels and the Redis nodes (with --redis-sentinels; one Redis is
     /// reached over TLS with a `rediss://` URL).
-    #[arg(long, env = "REDIS_TLS", global = true)]
+    #[arg(long, env = "REDIS_TLS", help_heading = "Redis", global = true)]
     pub redis_tls: bool,
     /// A PEM file of the CA(s) to verify Redis (and sentinel) TLS certificates with,
     /// instead of the system's roots.
-    #[arg(long, env = "REDIS_TLS_CA", global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        env = "REDIS_TLS_CA",
+        help_heading = "Redis",
+        global = true,
+        value_name = "FILE"
+    )]
     pub redis_tls_ca: Option<PathBuf>,
     /// Every store write waits until this many replicas acknowledged it (Redis `WAIT`) and
     /// fails otherwise; 0: writes do not wait.
     #[arg(
         long,
         env = "REDIS_WAIT_REPLICAS",
+        help_heading = "Redis",
         default_value_t = 0,
         global = true,
         value_name = "N"
@@ -106,7 +125,7 @@ pub struct Global {
     /// How long a write waits for --redis-wait-replicas (at most 1m).
     #[arg(
         long,
-        env = "REDIS_WAIT_TIMEOUT",
+        env = "REDIS_WAIT_TIMEOUT", help_heading = "Redis",
         default_value = "1s",
         global = true,
         value_parser = flag_duration,
