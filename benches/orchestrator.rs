@@ -11,11 +11,13 @@
 //!   each does after a plain `docker kill`;
 //! - idle cost at 1000 converged sessions (CPU, RSS, Docker API calls through a counting
 //!   proxy, one resync pass);
-//! - change latency: a Redis write → the start of the reconcile it causes.
+//! - change latency: a Redis write → the start of the reconcile it causes;
+//! - several replicas: SIGKILL of the leader → a standby leads and a new session is Running,
+//!   against the same single replica restarted at once by a supervisor; SIGTERM hand-over.
 //!
 //! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_REPEATS (3, convergence at N ≤ 100), BENCH_KILLS (100),
 //! BENCH_RECOVERY_POOL (15), BENCH_KILL_GAP_MS (800), BENCH_IDLE_N (1000), BENCH_IDLE_SECS
-//! (90), BENCH_WRITES (300), BENCH_OUT (BENCHMARKS.md, `-` for stdout), MCP_IMAGE;
+//! (90), BENCH_WRITES (300), BENCH_TAKEOVERS (10), BENCH_OUT (BENCHMARKS.md, `-` for stdout), MCP_IMAGE;
 //! BENCH_CONVERGENCE_ONLY=1 stops after the convergence runs (for quick comparisons).
 //!
 //! Everything it creates carries its run's labels and is removed one container at a time at
@@ -39,7 +41,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mcp_orchestrator::chaos::percentile;
 use mcp_orchestrator::domain::contract::{Identity, Policy, container_name};
-use mcp_orchestrator::domain::resource::{Phase, SessionSpec};
+use mcp_orchestrator::domain::resource::{Phase, Session, SessionSpec};
 use mcp_orchestrator::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -75,6 +77,7 @@ struct Config {
     idle_n: usize,
     idle_secs: u64,
     writes: usize,
+    takeovers: usize,
     out: String,
     image: String,
 }
@@ -95,6 +98,7 @@ impl Config {
             idle_n: env_or("BENCH_IDLE_N", 1000),
             idle_secs: env_or("BENCH_IDLE_SECS", 90),
             writes: env_or("BENCH_WRITES", 300),
+            takeovers: env_or("BENCH_TAKEOVERS", 10),
             out: std::env::var("BENCH_OUT").unwrap_or_else(|_| "BENCHMARKS.md".into()),
             image: std::env::var("MCP_IMAGE").unwrap_or_else(|_| "mcp-server:latest".into()),
         }
@@ -212,9 +216,9 @@ impl Orchestrator {
         rust_log: &str,
         extra: &[(&str, String)],
     ) -> Res<Orchestrator> {
-        let log = dir.join(format!("{instance}.log"));
-        let file = std::fs::File::create(&log)?;
         let port = free_port();
+        let log = dir.join(format!("{instance}-{port}.log"));
+        let file = std::fs::File::create(&log)?;
         let mut c = Command::new(BIN);
         c.arg("serve")
             .env("REDIS_URL", redis.url())
@@ -874,6 +878,117 @@ struct Idle {
     resync_ms: Vec<u64>,
 }
 
+/// What the replica benchmark measured.
+struct Takeover {
+    /// SIGKILL of the leader → a new session's status Running (a standby took over).
+    standby: Vec<Duration>,
+    /// SIGKILL of the only replica, restarted at once → a new session Running.
+    restarted: Vec<Duration>,
+    /// SIGTERM of the leader → a standby holds the lease.
+    handover: Vec<Duration>,
+}
+
+/// The pid in the lease's holder (`<term> <host>/<pid>/<tag>`), if anyone holds it.
+async fn leader_pid(store: &Store) -> Option<u32> {
+    let v = store.value("leader").await.ok()??;
+    v.split_whitespace().nth(1)?.split('/').nth(1)?.parse().ok()
+}
+
+/// Poll every 5 ms until `f` holds; the time it took.
+async fn until<F, Fut>(limit: Duration, what: &str, mut f: F) -> Res<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !f().await {
+        if t0.elapsed() > limit {
+            return Err(format!("{what} did not happen within {limit:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(t0.elapsed())
+}
+
+/// Create `name` and time (from `t0`) until its status is Running.
+async fn created_running(store: &Store, cfg: &Config, name: &str, t0: Instant) -> Res<Duration> {
+    store.create(&Session::new(name, &cfg.image)).await?;
+    until(Duration::from_secs(30), name, || async {
+        store
+            .get(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.status)
+            .is_some_and(|st| st.phase == Phase::Running)
+    })
+    .await?;
+    Ok(t0.elapsed())
+}
+
+/// SIGKILL the leader of two replicas, write a session, time until it is Running; against
+/// one replica SIGKILLed and started again at once. Then SIGTERM hand-overs.
+async fn takeover(
+    docker: &Docker,
+    redis: &Redis,
+    dir: &Path,
+    cfg: &Config,
+    run: &str,
+) -> Res<Takeover> {
+    let instance = unique(&format!("{run}ha"));
+    let store = Store::connect(&redis.url(), &instance).await?;
+    let start = || Orchestrator::start(redis, &instance, dir, cfg, "mcp_orchestrator=info", &[]);
+    let lim = Duration::from_secs(20);
+    let mut out = Takeover {
+        standby: Vec::new(),
+        restarted: Vec::new(),
+        handover: Vec::new(),
+    };
+    let mut leader = start().await?;
+    let pid = leader.pid();
+    until(lim, "the first leader", || async {
+        leader_pid(&store).await == Some(pid)
+    })
+    .await?;
+    let mut standby = start().await?;
+    for k in 0..cfg.takeovers {
+        let t0 = Instant::now();
+        sigkill(i64::from(leader.pid()))?;
+        out.standby
+            .push(created_running(&store, cfg, &format!("standby{k}"), t0).await?);
+        leader = std::mem::replace(&mut standby, start().await?);
+        // A quiet moment, so that every round starts from the same state.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for _ in 0..cfg.takeovers {
+        let (old, next) = (leader.pid(), standby.pid());
+        let t0 = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &old.to_string()])
+            .status();
+        until(lim, "the hand-over", || async {
+            leader_pid(&store).await == Some(next)
+        })
+        .await?;
+        out.handover.push(t0.elapsed());
+        leader.stop();
+        leader = std::mem::replace(&mut standby, start().await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    standby.stop();
+    for k in 0..cfg.takeovers {
+        let t0 = Instant::now();
+        sigkill(i64::from(leader.pid()))?;
+        leader = start().await?;
+        out.restarted
+            .push(created_running(&store, cfg, &format!("restart{k}"), t0).await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    leader.stop();
+    remove_all(docker, &format!("orchestrator.mcp.dev/instance={instance}")).await?;
+    Ok(out)
+}
+
 fn resync_times(log: &str) -> Vec<u64> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -1236,6 +1351,9 @@ async fn run_all(
     eprintln!("bench: idle cost at {} sessions", cfg.idle_n);
     let idle = idle_cost(docker, redis, dir, cfg, run).await?;
 
+    eprintln!("bench: several replicas ({} takeovers)", cfg.takeovers);
+    let ha = takeover(docker, redis, dir, cfg, run).await?;
+
     // ---- write up
     let _ = writeln!(
         r,
@@ -1345,6 +1463,26 @@ async fn run_all(
         r,
         "Measured over {} s with nothing changing, after a restart of the orchestrator (default 30 s resync period); Docker API calls counted by a unix-socket proxy in front of the engine.\n\n| CPU (of one core, target ≤ 0.5 %) | RSS | Docker API calls/s | resync passes with no drift |\n|---|---|---|---|\n| {:.2} % | {:.1} MiB | {:.3} ({} calls) | {resync} |\n",
         idle.secs, idle.cpu_pct, idle.rss_mib, idle.calls_per_s, idle.calls
+    );
+
+    let (sb, rs, ho) = (
+        Dist::new(&ha.standby),
+        Dist::new(&ha.restarted),
+        Dist::new(&ha.handover),
+    );
+    let _ = writeln!(r, "## Several replicas: takeover\n");
+    let _ = writeln!(
+        r,
+        "{} rounds each, default lease TTL 3 s. *Standby*: two replicas; SIGKILL of the leader, a session written at once, timed until its status is Running (the standby waits out the lease, relists, adopts, creates). *Restarted*: one replica, SIGKILLed and started again at once (what a supervisor does), same measure. *Hand-over*: SIGTERM of the leader → a standby holds the lease.\n\n| | p50 | max |\n|---|---|---|\n| standby takes over → new session Running (target ≤ 5 s) | {} ms | {} ms |\n| single replica restarted → new session Running | {} ms | {} ms |\n| ratio standby ÷ restarted | {} | {} |\n| SIGTERM hand-over → standby leads (target ≤ 1 s) | {} ms | {} ms |\n",
+        cfg.takeovers,
+        ms(sb.p(0.5)),
+        ms(sb.max()),
+        ms(rs.p(0.5)),
+        ms(rs.max()),
+        ratio(sb.p(0.5), rs.p(0.5)),
+        ratio(sb.max(), rs.max()),
+        ms(ho.p(0.5)),
+        ms(ho.max()),
     );
 
     let _ = writeln!(r, "## Machine\n\n{}", machine());

@@ -19,7 +19,12 @@
 #    the server writes the store identity to STORE_ID_FILE), so a stopped
 #    stack leaves nothing behind. Desired state stays in Redis: the next start recreates
 #    the sandboxes. A crash is not a stop: the sandboxes stay and the restarted server
-#    adopts them. REMOVE_SANDBOXES_ON_STOP=0 keeps them on stops too (and exec's the
+#    adopts them. With several replicas of the instance, only the last one to stop
+#    removes them: on a clean stop the server writes to STORE_ID_FILE.replicas how many
+#    other replicas are still live (a heartbeat in Redis), and anything but 0, or no
+#    answer at all, keeps the sandboxes (one replica restarting never takes its peers'
+#    sandboxes away). REMOVE_SANDBOXES_ON_STOP=always removes them on every stop of
+#    this replica; REMOVE_SANDBOXES_ON_STOP=0 keeps them on stops too (and exec's the
 #    server directly).
 #
 # Escape hatches: started with a non-root --user (e.g. `user: "10001:10001"` plus
@@ -61,14 +66,18 @@ fi
 is_serve() {
     [ "${1##*/}" = mcp-orchestrator ] && [ "${2:-}" = serve ]
 }
-if [ "${REMOVE_SANDBOXES_ON_STOP:-1}" != 1 ] || [ -n "${MCPO_SUPERVISED:-}" ] ||
-    ! is_serve "$@" || [ ! -S "$sock" ]; then
+remove="${REMOVE_SANDBOXES_ON_STOP:-1}"
+case "$remove" in
+1 | always) ;;
+*) remove="" ;;
+esac
+if [ -z "$remove" ] || [ -n "${MCPO_SUPERVISED:-}" ] || ! is_serve "$@" || [ ! -S "$sock" ]; then
     exec "$@"
 fi
 export MCPO_SUPERVISED=1
 # The server writes its store's identity here; only containers carrying it are removed.
 export STORE_ID_FILE="${STORE_ID_FILE:-/tmp/mcp-orchestrator.store-id}"
-rm -f "$STORE_ID_FILE"
+rm -f "$STORE_ID_FILE" "$STORE_ID_FILE.replicas"
 
 stopping=""
 "$@" &
@@ -80,7 +89,11 @@ while :; do
     wait "$child" && status=0 || status=$?
     kill -0 "$child" 2>/dev/null || break
 done
-if [ -n "$stopping" ]; then
+others="$(cat "$STORE_ID_FILE.replicas" 2>/dev/null || echo unknown)"
+if [ -n "$stopping" ] && [ "$remove" != always ] && [ "$others" != 0 ]; then
+    echo "docker-entrypoint: other replicas of this instance may be live ($others);" \
+        "the sandboxes stay" >&2
+elif [ -n "$stopping" ]; then
     if [ -s "$STORE_ID_FILE" ]; then
         /usr/local/libexec/remove-sandboxes "$sock" "${ORCHESTRATOR_INSTANCE:-default}" \
             "$(cat "$STORE_ID_FILE")" >&2 || true

@@ -54,6 +54,20 @@ pub enum ControllerError {
     /// Docker failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// This replica no longer leads (its term ended): it changes nothing any more.
+    #[error("no longer the leader (term {0} ended)")]
+    NotLeader(u64),
+}
+
+/// The leader term a controller acts for, and the elector's view of who leads now: every
+/// Docker mutation first checks that the term is still this replica's. (Store writes are
+/// fenced by Redis itself: the controller's store is [`Store::fenced`].)
+#[derive(Clone)]
+pub struct Term {
+    /// The term (fencing token).
+    pub term: u64,
+    /// The elector's current view: `Some(term)` while this replica leads.
+    pub leader: tokio::sync::watch::Receiver<Option<u64>>,
 }
 
 /// Controller configuration.
@@ -147,6 +161,20 @@ struct Shared {
     /// confirms (`mcp-orchestrator foreign --remove` clears it in Redis).
     hold: RwLock<Option<String>>,
     progress: Mutex<Progress>,
+    /// The term this controller acts for (None: a single replica without election).
+    term: Option<Term>,
+}
+
+impl Shared {
+    /// Fail when this replica no longer leads: called before every Docker mutation.
+    fn still_leading(&self) -> Result<(), ControllerError> {
+        match &self.term {
+            Some(t) if *t.leader.borrow() != Some(t.term) => {
+                Err(ControllerError::NotLeader(t.term))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The reconciler. Clone-free: build it, then [`Controller::run`] it.
@@ -186,6 +214,15 @@ impl Handle {
             ));
         }
         Ok(())
+    }
+
+    /// The store identity as of the controller's last list.
+    pub fn store_identity(&self) -> String {
+        self.shared
+            .store_id
+            .read()
+            .map(|x| x.clone())
+            .unwrap_or_default()
     }
 
     /// Count cached sessions by phase into the `mcpo_sessions` gauge.
@@ -229,7 +266,31 @@ impl Controller {
                     busy: 0,
                     last: std::time::Instant::now(),
                 }),
+                term: None,
             }),
+        }
+    }
+
+    /// The store identity this replica knew before (from an earlier term, or read at start),
+    /// so that a store reset between two terms is noticed like one during a term.
+    pub fn knowing_store(self, identity: &str) -> Controller {
+        if let Ok(mut id) = self.shared.store_id.write() {
+            *id = identity.to_string();
+        }
+        self
+    }
+
+    /// Act for the leader term `term` only: Docker mutations stop as soon as the elector
+    /// says the term ended. Pair it with a store fenced by the same term.
+    pub fn for_term(self, term: Term) -> Controller {
+        let mut shared = match Arc::try_unwrap(self.shared) {
+            Ok(s) => s,
+            // Not shared yet when called right after `new`; keep the original otherwise.
+            Err(shared) => return Controller { shared },
+        };
+        shared.term = Some(term);
+        Controller {
+            shared: Arc::new(shared),
         }
     }
 
@@ -334,6 +395,7 @@ async fn reconcile_supervised(s: Arc<Shared>, key: String) -> (String, Outcome) 
             match &e {
                 ControllerError::Runtime(_) => s.metrics.docker_errors.inc(),
                 ControllerError::Store(_) => s.metrics.redis_errors.inc(),
+                ControllerError::NotLeader(_) => {}
             }
             warn!(error = %e, "reconcile failed");
             ("error", Outcome::Failed)
@@ -663,12 +725,20 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             c.insert(name.to_string(), p.crash.clone());
         }
     }
+    if p.crash != crash {
+        // Kept in the store too, so that the next leader goes on with the same back-off.
+        let keep = (p.crash != CrashState::default()).then_some(&p.crash);
+        if let Err(e) = s.store.set_crash_state(name, keep).await {
+            debug!(error = %e, "could not record the crash-loop state");
+        }
+    }
     let mut created = None;
     let mut failure = None;
     for action in &p.actions {
         let result: Result<(), ControllerError> = async {
             match action {
                 Action::Remove { id, reason } => {
+                    s.still_leading()?;
                     s.runtime.remove(id).await?;
                     info!(container_id = %short_id(id), ?reason, "removed container");
                     if session.is_some() {
@@ -683,6 +753,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                     }
                 }
                 Action::Create { name: cname, body } => {
+                    s.still_leading()?;
                     expect(s, name, &["create", "start"]);
                     let id = s
                         .runtime
@@ -709,6 +780,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                     created = Some(id);
                 }
                 Action::Start { id } => {
+                    s.still_leading()?;
                     expect(s, name, &["start"]);
                     let started = s.runtime.start(id).await.inspect_err(|_| forget(s, name))?;
                     if !started {
@@ -749,6 +821,10 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             None => Ok(None),
         };
     };
+    if let Some(ControllerError::NotLeader(term)) = failure {
+        // A deposed leader writes no status (it would be fenced anyway).
+        return Err(ControllerError::NotLeader(term));
+    }
     let mut status = p.status.clone();
     if let Some(st) = status.as_mut() {
         if let Some(id) = created {
@@ -758,6 +834,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             let reason = match e {
                 ControllerError::Runtime(r) => r.reason(),
                 ControllerError::Store(_) => Reason::StoreError,
+                ControllerError::NotLeader(_) => Reason::StoreError,
             };
             st.phase = Phase::BackOff;
             st.reason = Some(reason.into());
@@ -854,6 +931,14 @@ async fn watch_store(
                     warn!(path = %path.display(), error = %e, "cannot write the store identity");
                 }
                 *id = snap.identity.clone();
+            }
+            // The crash-loop memory of the previous leader, for sessions this one has not
+            // seen crash yet.
+            let recorded = s.store.crash_states().await?;
+            if let Ok(mut c) = s.crash.lock() {
+                for (name, state) in recorded {
+                    c.entry(name).or_insert(state);
+                }
             }
             let hold = s.store.orphan_hold().await?;
             if let Some(why) = &hold {

@@ -1,5 +1,5 @@
 //! Leader election through a Redis lease with a fencing token (the first part of running
-//! several replicas; see issue 11). Not wired into `serve` yet.
+//! several replicas; `serve` runs it, and [`crate::replica`] turns its view into work).
 //!
 //! The lease is one key, `mcpo:<instance>:leader`, holding `<term> <holder>` with a TTL
 //! (`SET NX PX`). Acquiring a free lease increments `mcpo:<instance>:leader-term` and takes
@@ -104,7 +104,7 @@ impl Lease {
         Lease {
             con: store.connection(),
             key: store.key("leader"),
-            term_key: store.key("leader-term"),
+            term_key: store.term_key(),
             holder: holder.to_string(),
             acquire: Script::new(ACQUIRE_LUA),
             renew: Script::new(RENEW_LUA),
@@ -204,18 +204,31 @@ pub struct Timings {
 }
 
 impl Default for Timings {
-    /// Takeover after a crash within ~4 s (TTL 3 s + one retry).
+    /// Takeover after a crash within ~3.3 s (TTL 3 s + one retry of 250 ms).
     fn default() -> Timings {
         Timings {
             ttl: Duration::from_secs(3),
             renew_every: Duration::from_millis(500),
             renew_deadline: Duration::from_millis(2000),
-            retry_every: Duration::from_millis(500),
+            retry_every: Duration::from_millis(250),
         }
     }
 }
 
 impl Timings {
+    /// The timings for a lease TTL: renew every TTL/6, step down after 2/3 TTL without a
+    /// renew, standbys try every TTL/12 (so a released lease is taken within that).
+    pub fn from_ttl(ttl: Duration) -> Result<Timings, LeaseError> {
+        let t = Timings {
+            ttl,
+            renew_every: ttl / 6,
+            renew_deadline: ttl * 2 / 3,
+            retry_every: ttl / 12,
+        };
+        t.check()?;
+        Ok(t)
+    }
+
     /// Check that the timings keep the guarantee: renew often enough, step down before the
     /// lease can expire.
     pub fn check(&self) -> Result<(), LeaseError> {
@@ -260,9 +273,12 @@ pub async fn run(
             Some(held) => {
                 // Bounded, so a hung Redis still lets the deadline below decide.
                 let left = t.renew_deadline.saturating_sub(renewed.elapsed());
+                // The TTL starts when Redis runs the renew, at the latest when the reply
+                // comes back: count the deadline from the send, the safe side.
+                let sent = Instant::now();
                 let ok = tokio::time::timeout(left, lease.renew(held, t.ttl)).await;
                 match ok {
-                    Ok(Ok(true)) => renewed = Instant::now(),
+                    Ok(Ok(true)) => renewed = sent,
                     Ok(Ok(false)) => {
                         tracing::warn!(term = held, "lost the lease: stepping down");
                         term = None;
@@ -275,15 +291,18 @@ pub async fn run(
                     term = None;
                 }
             }
-            None => match lease.try_acquire(t.ttl).await {
-                Ok(Some(new)) => {
-                    tracing::info!(term = new, "became the leader");
-                    renewed = Instant::now();
-                    term = Some(new);
+            None => {
+                let sent = Instant::now();
+                match lease.try_acquire(t.ttl).await {
+                    Ok(Some(new)) => {
+                        tracing::info!(term = new, "became the leader");
+                        renewed = sent;
+                        term = Some(new);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "acquiring the lease failed"),
                 }
-                Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "acquiring the lease failed"),
-            },
+            }
         }
         leader.send_if_modified(|cur| {
             let changed = *cur != term;

@@ -41,6 +41,7 @@ pub mod lease;
 pub mod metrics;
 pub mod ops;
 pub mod redis_conn;
+pub mod replica;
 pub mod runtime;
 pub mod server;
 pub mod specs;

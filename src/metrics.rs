@@ -39,6 +39,14 @@ pub struct Metrics {
     pub http_unauthorized: IntCounter,
     /// Long-lived HTTP streams open now, by kind (`watch`, `wait`, `chat`).
     pub open_streams: IntGaugeVec,
+    /// 1 while this replica leads (reconciles), 0 on a standby.
+    pub leader: IntGauge,
+    /// The leader term this replica last held (the fencing token; 0 before it ever led).
+    pub leader_term: IntGauge,
+    /// Times this replica became or stopped being the leader.
+    pub leader_transitions: IntCounter,
+    /// Chat requests a standby forwarded to the leader.
+    pub forwarded: IntCounter,
 }
 
 impl Default for Metrics {
@@ -125,8 +133,32 @@ impl Metrics {
             "Store resets noticed (the store's identity changed).",
         )
         .expect("valid");
+        let leader = IntGauge::new(
+            "mcpo_leader",
+            "1 while this replica is the leader (reconciles), 0 on a standby.",
+        )
+        .expect("valid");
+        let leader_term = IntGauge::new(
+            "mcpo_leader_term",
+            "The leader term (fencing token) this replica last held; 0 if it never led.",
+        )
+        .expect("valid");
+        let leader_transitions = IntCounter::new(
+            "mcpo_leader_transitions_total",
+            "Times this replica became or stopped being the leader.",
+        )
+        .expect("valid");
+        let forwarded = IntCounter::new(
+            "mcpo_forwarded_requests_total",
+            "Requests a standby forwarded to the leader (chat turns).",
+        )
+        .expect("valid");
         for c in [
             Box::new(task_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(leader.clone()),
+            Box::new(leader_term.clone()),
+            Box::new(leader_transitions.clone()),
+            Box::new(forwarded.clone()),
             Box::new(foreign_containers.clone()),
             Box::new(unreadable_sessions.clone()),
             Box::new(store_resets.clone()),
@@ -165,6 +197,10 @@ impl Metrics {
             store_resets,
             http_unauthorized,
             open_streams,
+            leader,
+            leader_term,
+            leader_transitions,
+            forwarded,
         }
     }
 

@@ -11,11 +11,18 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::FutureExt;
+
 use crate::controller::{self, Controller};
 use crate::domain::contract::{self, Policy, PublishedPolicy};
 use crate::domain::limits::{self, flag_duration};
 use crate::domain::plan::Settings;
+use crate::lease::{self, Lease};
 use crate::redis_conn::RedisTarget;
+use crate::replica::{Leadership, Registry};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -205,6 +212,48 @@ pub struct ServeArgs {
     /// Each piece of a request body must arrive within this, or 408.
     #[arg(long, env = "HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = http_timeout)]
     pub body_timeout: Duration,
+    /// Leader lease TTL: a crashed leader is replaced about this long after its last
+    /// renew (replicas renew every TTL/6 and step down after 2/3 TTL without a renew).
+    #[arg(long, env = "LEASE_TTL", default_value = "3s", value_parser = lease_ttl)]
+    pub lease_ttl: Duration,
+    /// The URL other replicas reach this one's API at, published while it leads (standbys
+    /// forward chat turns there). Default: `http://<hostname>:<port>` when listening on all
+    /// interfaces, else the listen address.
+    #[arg(long, env = "ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+}
+
+/// A lease TTL flag: 300 ms to 5 min.
+fn lease_ttl(s: &str) -> Result<Duration, String> {
+    let d = flag_duration(s)?;
+    if !(Duration::from_millis(300)..=Duration::from_secs(300)).contains(&d) {
+        return Err(format!("{}: must be 300ms to 5m", limits::echo(s)));
+    }
+    Ok(d)
+}
+
+/// Where other replicas reach this one: the explicit URL, else the host name (all
+/// interfaces) or the bound address.
+fn advertise(explicit: Option<&str>, bound: std::net::SocketAddr) -> Result<String, ServerError> {
+    if let Some(u) = explicit {
+        let url = reqwest::Url::parse(u)
+            .map_err(|e| ServerError::Config(format!("--advertise-url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ServerError::Config(
+                "--advertise-url: must be an http(s) URL with a host".into(),
+            ));
+        }
+        return Ok(u.trim_end_matches('/').to_string());
+    }
+    if bound.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        if !host.is_empty() {
+            return Ok(format!("http://{host}:{}", bound.port()));
+        }
+    }
+    Ok(format!("http://{bound}"))
 }
 
 /// An HTTP timeout flag: a duration flag of at most a day.
@@ -302,11 +351,6 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
         instance: instance.to_string(),
         published_at: chrono::Utc::now(),
     };
-    store
-        .publish_policy(&published)
-        .await
-        .map_err(store_err("cannot publish the policy"))?;
-    info!(images = ?policy.allowed_images, "policy published for CLIs");
     let config = controller::Config {
         settings: Settings {
             instance: instance.to_string(),
@@ -342,27 +386,72 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
         }
     }
     info!(addr = %bound, "HTTP API listening");
+    let advertise = advertise(a.advertise_url.as_deref(), bound)?;
+    let timings = crate::lease::Timings::from_ttl(a.lease_ttl)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
     let shutdown = CancellationToken::new();
     let metrics = crate::metrics::Metrics::new();
-    let specs = a.specs_dir.clone().map(|dir| {
-        info!(dir = %dir.display(), "watching the specs directory");
-        let (store, policy, shutdown) = (store.clone(), policy.clone(), shutdown.clone());
-        tokio::spawn(crate::supervise::supervise(
-            metrics.clone(),
-            "specs-dir",
-            shutdown.clone(),
-            move || crate::specs::run(dir.clone(), store.clone(), policy.clone(), shutdown.clone()),
-        ))
+    let replica = crate::replica::replica_id();
+    info!(replica = %replica, advertise = %advertise, "replica");
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);
+    let leadership = Leadership::new(&replica, store.clone(), leader_rx.clone());
+    // The elector runs until the leader's work has stopped, then releases the lease.
+    let release = CancellationToken::new();
+    let elector = tokio::spawn(crate::supervise::supervise(
+        metrics.clone(),
+        "elector",
+        release.clone(),
+        {
+            let (lease, tx, release) = (Lease::new(&store, &replica), leader_tx, release.clone());
+            move || {
+                let (lease, tx, release) = (lease.clone(), tx.clone(), release.clone());
+                async move {
+                    let run = AssertUnwindSafe(lease::run(lease, timings, tx.clone(), release))
+                        .catch_unwind()
+                        .await;
+                    // Whatever happened, this replica does not lead until the elector says so again.
+                    tx.send_replace(None);
+                    match run {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "the elector stopped"),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+            }
+        },
+    ));
+    let registry = Registry::new(&store, &replica);
+    let beats = CancellationToken::new();
+    let beating = tokio::spawn({
+        let (registry, beats) = (registry.clone(), beats.clone());
+        async move { registry.beat(beats).await }
     });
-    let (chat_store, history_store, chat_runtime) = (store.clone(), store.clone(), runtime.clone());
-    let ctrl = Controller::new(store.clone(), runtime.clone(), config, metrics.clone());
+    let gemini = crate::chat::gemini::Gemini::new(crate::chat::gemini::GeminiConfig::from_env());
+    if !gemini.has_api_key() {
+        tracing::warn!("GOOGLE_API_KEY is not set: chat requests will be refused");
+    }
+    let chat = Arc::new(crate::chat::service::ChatService::new(
+        store.clone(),
+        crate::chat::mcp::McpPool::new(runtime.clone(), a.mcp_call_timeout),
+        gemini,
+        crate::chat::history::History::new(
+            store.clone(),
+            crate::chat::history::Limits {
+                max_turns: a.history_max_turns.max(1),
+                max_bytes: a.history_max_bytes.max(1),
+            },
+        ),
+        crate::chat::service::ChatConfig {
+            max_steps: a.chat_max_steps.max(1),
+        },
+    ));
     let state = crate::http::AppState::new(
-        store,
-        runtime,
-        policy,
+        store.clone(),
+        runtime.clone(),
+        policy.clone(),
         token,
-        metrics,
-        Some(ctrl.handle()),
+        metrics.clone(),
+        Some(leadership.clone()),
         shutdown.clone(),
         crate::http::Limits {
             max_watches: a.max_watches as usize,
@@ -373,27 +462,8 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
             shutdown_grace: a.shutdown_grace,
         },
     )
-    .with_published_policy(published);
-    let gemini = crate::chat::gemini::Gemini::new(crate::chat::gemini::GeminiConfig::from_env());
-    if !gemini.has_api_key() {
-        tracing::warn!("GOOGLE_API_KEY is not set: chat requests will be refused");
-    }
-    let chat = crate::chat::service::ChatService::new(
-        chat_store,
-        crate::chat::mcp::McpPool::new(chat_runtime, a.mcp_call_timeout),
-        gemini,
-        crate::chat::history::History::new(
-            history_store,
-            crate::chat::history::Limits {
-                max_turns: a.history_max_turns.max(1),
-                max_bytes: a.history_max_bytes.max(1),
-            },
-        ),
-        crate::chat::service::ChatConfig {
-            max_steps: a.chat_max_steps.max(1),
-        },
-    );
-    let state = state.with_chat(std::sync::Arc::new(chat));
+    .with_published_policy(published.clone())
+    .with_chat(chat.clone());
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     let signals = {
         let shutdown = shutdown.clone();
@@ -403,9 +473,40 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
             shutdown.cancel();
         })
     };
-    ctrl.run(shutdown.clone()).await;
-    if let Some(specs) = specs {
-        let _ = specs.await;
+    let leader = LeaderWork {
+        store: store.clone(),
+        runtime,
+        config,
+        metrics: metrics.clone(),
+        leadership: leadership.clone(),
+        chat,
+        policy,
+        published,
+        specs_dir: a.specs_dir.clone(),
+        advertise,
+        identity: Arc::new(std::sync::Mutex::new(identity)),
+    };
+    crate::replica::lead(leadership, metrics, shutdown.clone(), move |term, stop| {
+        leader.clone().run(term, stop)
+    })
+    .await;
+    release.cancel();
+    if let Err(e) = elector.await {
+        tracing::error!(error = %e, "the elector task failed");
+    }
+    beats.cancel();
+    let _ = beating.await;
+    match registry.leave().await {
+        Ok(others) => {
+            info!(others, "left the replica set");
+            if let Some(path) = &a.store_id_file {
+                let file = replicas_file(path);
+                if let Err(e) = std::fs::write(&file, format!("{others}\n")) {
+                    tracing::warn!(path = %file.display(), error = %e, "cannot write the replica count");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot leave the replica set"),
     }
     match http.await {
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server failed"),
@@ -414,6 +515,108 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     }
     signals.abort();
     Ok(())
+}
+
+/// Where `serve` writes, on a clean stop, how many other replicas are still live (next to
+/// the store identity file): the container entrypoint removes the instance's sandboxes
+/// only when that is 0, so a restarting replica never takes its peers' sandboxes away.
+pub fn replicas_file(store_id_file: &std::path::Path) -> PathBuf {
+    let mut name = store_id_file.as_os_str().to_os_string();
+    name.push(".replicas");
+    PathBuf::from(name)
+}
+
+/// Everything the leader's work needs; cloned for every term.
+#[derive(Clone)]
+struct LeaderWork {
+    store: Store,
+    runtime: Runtime,
+    config: controller::Config,
+    metrics: crate::metrics::Metrics,
+    leadership: Leadership,
+    chat: Arc<crate::chat::service::ChatService>,
+    policy: Policy,
+    published: PublishedPolicy,
+    specs_dir: Option<PathBuf>,
+    advertise: String,
+    /// The store identity as last known (read at start, then kept across terms).
+    identity: Arc<std::sync::Mutex<String>>,
+}
+
+impl LeaderWork {
+    /// Lead in `term` until `stop`: publish the address and the policy, run the controller
+    /// and the specs directory with the store fenced by the term, then let go of every
+    /// sandbox connection.
+    async fn run(self, term: u64, stop: CancellationToken) {
+        let fenced = self.store.fenced(term);
+        // Published now and again every few seconds while leading (a Redis failover may
+        // lose it); fenced, so a deposed leader cannot overwrite its successor's.
+        let publisher = tokio::spawn({
+            let (leadership, url, fenced, published, stop) = (
+                self.leadership.clone(),
+                self.advertise.clone(),
+                fenced.clone(),
+                self.published.clone(),
+                stop.clone(),
+            );
+            async move {
+                let mut policy_done = false;
+                loop {
+                    if let Err(e) = leadership.publish_address(term, Some(&url)).await {
+                        tracing::warn!(error = %e, "cannot publish the leader's address");
+                    }
+                    if !policy_done {
+                        match fenced.publish_policy(&published).await {
+                            Ok(()) => {
+                                info!(images = ?published.policy.allowed_images, "policy published for CLIs");
+                                policy_done = true;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot publish the policy"),
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        });
+        let ctrl = Controller::new(
+            fenced.clone(),
+            self.runtime.clone(),
+            self.config.clone(),
+            self.metrics.clone(),
+        )
+        .for_term(controller::Term {
+            term,
+            leader: self.leadership.watch(),
+        });
+        let known = self.identity.lock().map(|i| i.clone()).unwrap_or_default();
+        let ctrl = ctrl.knowing_store(&known);
+        let handle = ctrl.handle();
+        self.leadership.set_controller(Some(handle.clone()));
+        let specs = self.specs_dir.clone().map(|dir| {
+            info!(dir = %dir.display(), "watching the specs directory");
+            let (store, policy, stop) = (fenced.clone(), self.policy.clone(), stop.clone());
+            tokio::spawn(crate::supervise::supervise(
+                self.metrics.clone(),
+                "specs-dir",
+                stop.clone(),
+                move || crate::specs::run(dir.clone(), store.clone(), policy.clone(), stop.clone()),
+            ))
+        });
+        ctrl.run(stop.clone()).await;
+        if let Ok(mut i) = self.identity.lock() {
+            *i = handle.store_identity();
+        }
+        if let Some(specs) = specs {
+            let _ = specs.await;
+        }
+        let _ = publisher.await;
+        self.chat.close_connections();
+        self.leadership.set_controller(None);
+        let _ = self.leadership.publish_address(term, None).await;
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::plan::CrashState;
 use crate::domain::resource::{Session, SessionStatus};
 use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
@@ -106,6 +107,15 @@ pub enum StoreError {
     /// The watch fell behind the stream (trimmed): relist.
     #[error("watch position {0} is no longer available; relist")]
     Gone(u64),
+    /// The write carried a leader's fencing term that is no longer the newest: a later
+    /// leader exists, and this (deposed) one must not change anything.
+    #[error("fenced: term {term} is no longer the leader's (the newest term is {newest})")]
+    Fenced {
+        /// The term the write carried.
+        term: u64,
+        /// The newest term granted (empty when none).
+        newest: String,
+    },
     /// The store was reset under the watch (identity changed or revision went back): relist.
     #[error("the store was reset (identity {old:?} is now {new:?}, revision {seen} is now {now})")]
     Reset {
@@ -225,16 +235,58 @@ pub struct Store {
     keys: Keys,
     write: Script,
     record: Script,
+    set: Script,
+    /// A leader's term: every write of this handle checks it against the newest term in
+    /// the same script (see [`Store::fenced`]).
+    fence: Option<u64>,
 }
 
-const RECORD_LUA: &str = r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+/// The fencing check every write script starts with: ARGV[f] is the writer's term ('' when
+/// the write is not fenced), KEYS[k] the term counter of [`crate::lease`].
+macro_rules! fence_check {
+    ($k:literal, $f:literal) => {
+        concat!(
+            "if ARGV[",
+            $f,
+            "] ~= '' then\n",
+            "  local newest = redis.call('GET', KEYS[",
+            $k,
+            "])\n",
+            "  if newest ~= ARGV[",
+            $f,
+            "] then return {'fenced', newest or ''} end\n",
+            "end\n"
+        )
+    };
+}
+
+/// Set (or, with an empty value, delete) one key, or one field of a hash when ARGV[3] names
+/// one, fenced. KEYS: key, term counter. ARGV: fence, value, field.
+const SET_LUA: &str = concat!(
+    fence_check!(2, 1),
+    r#"
+if ARGV[3] ~= '' then
+  if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[3])
+  else redis.call('HSET', KEYS[1], ARGV[3], ARGV[2]) end
+elseif ARGV[2] == '' then redis.call('DEL', KEYS[1])
+else redis.call('SET', KEYS[1], ARGV[2]) end
+return {'ok', ''}
+"#
+);
+
+const RECORD_LUA: &str = concat!(
+    fence_check!(3, 4),
+    r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return {'ok', '0'} end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-return 1
-"#;
+return {'ok', '1'}
+"#
+);
 
-const WRITE_LUA: &str = r#"
+const WRITE_LUA: &str = concat!(
+    fence_check!(9, 8),
+    r#"
 local cur = redis.call('HGET', KEYS[2], ARGV[1])
 local mode = ARGV[2]
 if mode == 'create' then
@@ -255,6 +307,7 @@ if ARGV[3] == 'delete' then
   redis.call('DEL', KEYS[5])
   redis.call('DEL', KEYS[6])
   redis.call('DEL', KEYS[7])
+  redis.call('HDEL', KEYS[10], ARGV[1])
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', 'DELETED', 'name', ARGV[1], 'status', '0', 'object', obj)
 else
   local t = 'ADDED'
@@ -264,7 +317,8 @@ else
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', t, 'name', ARGV[1], 'status', ARGV[5], 'object', ARGV[4])
 end
 return {'ok', tostring(rv)}
-"#;
+"#
+);
 
 /// The precondition of a write.
 enum Mode<'a> {
@@ -321,6 +375,8 @@ impl Store {
             },
             write: Script::new(WRITE_LUA),
             record: Script::new(RECORD_LUA),
+            set: Script::new(SET_LUA),
+            fence: None,
         })
     }
 
@@ -409,16 +465,7 @@ impl Store {
 
     /// Set (`Some`) or clear (`None`) the orphan hold (see [`Store::orphan_hold`]).
     pub async fn set_orphan_hold(&self, reason: Option<&str>) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        match reason {
-            Some(r) => {
-                let _: () = con.set(self.hold_key(), r).await?;
-            }
-            None => {
-                let _: () = con.del(self.hold_key()).await?;
-            }
-        }
-        Ok(())
+        self.set_key(&self.hold_key(), reason).await
     }
 
     /// Publish the policy this `serve` admits with, so that CLIs admit with the same.
@@ -426,10 +473,94 @@ impl Store {
         &self,
         p: &crate::domain::contract::PublishedPolicy,
     ) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
         let json = serde_json::to_string(p).map_err(|e| StoreError::BadPolicy(e.to_string()))?;
-        let _: () = con.set(self.policy_key(), json).await?;
-        Ok(())
+        self.set_key(&self.policy_key(), Some(&json)).await
+    }
+
+    /// Set (`Some`) or delete (`None`) the key `mcpo:<instance>:<suffix>`, fenced when this
+    /// handle is (for modules that keep a small value beside the store's, e.g. the leader's
+    /// address).
+    pub async fn set_value(&self, suffix: &str, value: Option<&str>) -> Result<(), StoreError> {
+        self.set_key(&self.key(suffix), value).await
+    }
+
+    /// The value of `mcpo:<instance>:<suffix>` (see [`Store::set_value`]).
+    pub async fn value(&self, suffix: &str) -> Result<Option<String>, StoreError> {
+        let mut con = self.con.clone();
+        Ok(con.get(self.key(suffix)).await?)
+    }
+
+    /// Every session's crash-loop memory the leader recorded (see
+    /// [`Store::set_crash_state`]); undecodable entries are skipped.
+    pub async fn crash_states(&self) -> Result<HashMap<String, CrashState>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: HashMap<String, String> = con.hgetall(self.key("crash")).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|c| (k, c)))
+            .collect())
+    }
+
+    /// Record (`Some`) or forget (`None`) a session's crash-loop memory, so that the next
+    /// leader goes on with the same back-off. Fenced like every leader write.
+    pub async fn set_crash_state(
+        &self,
+        name: &str,
+        crash: Option<&CrashState>,
+    ) -> Result<(), StoreError> {
+        let json = crash.map(|c| serde_json::to_string(c).unwrap_or_default());
+        self.set_field(&self.key("crash"), name, json.as_deref())
+            .await
+    }
+
+    async fn set_key(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        self.set_field(key, "", value).await
+    }
+
+    async fn set_field(
+        &self,
+        key: &str,
+        field: &str,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let (outcome, newest): (String, String) = self
+            .set
+            .key(key)
+            .key(self.term_key())
+            .arg(self.fence_arg())
+            .arg(value.unwrap_or(""))
+            .arg(field)
+            .invoke_async(&mut con)
+            .await?;
+        self.fenced_outcome(&outcome, newest)
+    }
+
+    /// This store, with every write fenced by the leader term `term`: a write whose term is
+    /// no longer the newest ([`crate::lease`] increments it for every new leader) changes
+    /// nothing and fails with [`StoreError::Fenced`]. The check runs in the write's own
+    /// script, so it is atomic with the write.
+    pub fn fenced(&self, term: u64) -> Store {
+        Store {
+            fence: Some(term),
+            ..self.clone()
+        }
+    }
+
+    /// The counter of leader terms (the fencing token; see [`crate::lease`]).
+    pub fn term_key(&self) -> String {
+        self.key("leader-term")
+    }
+
+    fn fence_arg(&self) -> String {
+        self.fence.map(|t| t.to_string()).unwrap_or_default()
+    }
+
+    fn fenced_outcome(&self, outcome: &str, newest: String) -> Result<(), StoreError> {
+        match (outcome, self.fence) {
+            ("fenced", Some(term)) => Err(StoreError::Fenced { term, newest }),
+            _ => Ok(()),
+        }
     }
 
     /// The policy a `serve` published, `None` when none did. Bounded and checked: an
@@ -571,6 +702,8 @@ impl Store {
             .key(self.chat_keys(name).0)
             .key(self.chat_keys(name).1)
             .key(&self.keys.id)
+            .key(self.term_key())
+            .key(self.key("crash"))
             .arg(name)
             .arg(mode_arg)
             .arg(op)
@@ -578,6 +711,7 @@ impl Store {
             .arg(status_only)
             .arg(STREAM_MAXLEN)
             .arg(uuid::Uuid::new_v4().simple().to_string())
+            .arg(self.fence_arg())
             .invoke_async(&mut con)
             .await?;
         match outcome.as_str() {
@@ -585,6 +719,10 @@ impl Store {
                 con.acknowledge().await?;
                 Ok(value)
             }
+            "fenced" => Err(StoreError::Fenced {
+                term: self.fence.unwrap_or(0),
+                newest: value,
+            }),
             "exists" => Err(StoreError::AlreadyExists(name.to_string())),
             "notfound" => Err(StoreError::NotFound(name.to_string())),
             _ => Err(StoreError::Conflict {
@@ -724,16 +862,18 @@ impl Store {
     pub async fn record_event(&self, name: &str, event: &SessionEvent) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let json = serde_json::to_string(event).unwrap_or_default();
-        let _: i64 = self
+        let (outcome, newest): (String, String) = self
             .record
             .key(&self.keys.objects)
             .key(self.log_key(name))
+            .key(self.term_key())
             .arg(name)
             .arg(json)
             .arg(LOG_LEN)
+            .arg(self.fence_arg())
             .invoke_async(&mut con)
             .await?;
-        Ok(())
+        self.fenced_outcome(&outcome, newest)
     }
 
     fn spec_files_key(&self) -> String {

@@ -284,6 +284,16 @@ impl Drop for Stack {
     }
 }
 
+/// `P-Q`: two consecutive free loopback ports, for a host port range.
+fn two_free_ports() -> String {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return format!("{p}-{}", p + 1);
+        }
+    }
+}
+
 /// The last `n` lines of `s`.
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
@@ -462,6 +472,68 @@ async fn compose_stack_passes_the_seed_verification_plan() {
         field("Groups:")
     );
     assert_eq!(field("CapEff:"), ["0000000000000000"], "no capabilities");
+
+    // 5b. Two replicas (`--scale app=2`): one leads, the other stands by. Stopping the
+    //     leader hands over and removes no sandbox (another replica is live); only the
+    //     last replica's stop removes them (step 6).
+    let range = two_free_ports();
+    let out = stack
+        .command(&["up", "-d", "--no-recreate", "--scale", "app=2"])
+        .env("HOST_PORT", &range)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scale app=2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let apps = docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=com.docker.compose.project={}", stack.project),
+        "--filter",
+        "label=com.docker.compose.service=app",
+    ]);
+    let second = apps
+        .lines()
+        .find(|id| !id.starts_with(&app) && !app.starts_with(*id))
+        .unwrap_or_else(|| panic!("a second app replica: {apps}"))
+        .to_string();
+    let logs_of = |id: &str| {
+        let out = Command::new(docker_bin())
+            .args(["logs", id])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    wait_until(Duration::from_secs(60), "the second replica's API", || {
+        logs_of(&second).contains("HTTP API listening")
+    });
+    assert!(logs_of(&app).contains("this replica is now the leader"));
+    assert!(!logs_of(&second).contains("this replica is now the leader"));
+    docker(&["stop", "--time", "20", &app]);
+    wait_until(
+        Duration::from_secs(15),
+        "the second replica to lead",
+        || logs_of(&second).contains("this replica is now the leader"),
+    );
+    let app_log = logs_of(&app);
+    assert!(
+        app_log.contains("the sandboxes stay"),
+        "a replica that is not the last keeps the sandboxes:\n{}",
+        tail(&app_log, 20)
+    );
+    assert_eq!(
+        inspect(&sandbox, "{{.State.Running}}"),
+        "true",
+        "the sandbox survives the stop of one replica"
+    );
 
     // 6. compose down -v leaves nothing behind.
     let started = Instant::now();

@@ -158,3 +158,85 @@ fn timings_that_break_the_guarantee_are_refused() {
     assert!(bad.check().is_err());
     assert!(Timings::default().check().is_ok());
 }
+
+#[tokio::test]
+async fn a_deposed_leaders_writes_change_nothing() {
+    use mcp_orchestrator::domain::plan::CrashState;
+    use mcp_orchestrator::domain::resource::{Phase, Session, SessionStatus};
+    use mcp_orchestrator::store::{SessionEvent, StoreError};
+
+    let redis = Redis::start();
+    let s = store(&redis).await;
+    let (a, b) = (Lease::new(&s, "a"), Lease::new(&s, "b"));
+    let ttl = Duration::from_millis(300);
+    let t1 = a.try_acquire(ttl).await.unwrap().expect("a leads");
+    let created = s
+        .create(&Session::new("fence", "mcp-server:latest"))
+        .await
+        .unwrap();
+    let status = |phase| SessionStatus {
+        phase,
+        ..SessionStatus::default()
+    };
+    // While t1 is the newest term, a's fenced writes go through.
+    let old = s.fenced(t1);
+    let written = old
+        .update_status(
+            "fence",
+            created.metadata.resource_version.as_deref().unwrap(),
+            &status(Phase::Pending),
+        )
+        .await
+        .expect("the leader's status write");
+    let rv = written.metadata.resource_version.clone().unwrap();
+
+    // b takes over after the TTL: every write of a is refused, atomically.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t2 = b.try_acquire(ttl).await.unwrap().expect("b leads");
+    assert!(t2 > t1);
+    let fenced = |r: Result<(), StoreError>, what: &str| match r {
+        Err(StoreError::Fenced { term, newest }) => {
+            assert_eq!(term, t1, "{what}");
+            assert_eq!(newest, t2.to_string(), "{what}");
+        }
+        other => panic!("{what}: a deposed leader's write must be fenced, got {other:?}"),
+    };
+    fenced(
+        old.update_status("fence", &rv, &status(Phase::Running))
+            .await
+            .map(|_| ()),
+        "status",
+    );
+    let event = SessionEvent {
+        time: chrono::Utc::now(),
+        type_: "Normal".into(),
+        reason: "Test".into(),
+        message: "late".into(),
+    };
+    fenced(old.record_event("fence", &event).await, "event");
+    fenced(old.delete("fence", Some(&rv)).await.map(|_| ()), "delete");
+    fenced(old.set_orphan_hold(Some("late")).await, "orphan hold");
+    fenced(
+        old.set_crash_state("fence", Some(&CrashState::default()))
+            .await,
+        "crash state",
+    );
+    fenced(old.set_value("leader-address", Some("x")).await, "value");
+    // Nothing changed.
+    let now = s.get("fence").await.unwrap().unwrap();
+    assert_eq!(now.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(now.status.unwrap().phase, Phase::Pending);
+    assert!(s.events("fence").await.unwrap().is_empty());
+    assert_eq!(s.orphan_hold().await.unwrap(), None);
+    assert!(s.crash_states().await.unwrap().is_empty());
+    assert_eq!(s.value("leader-address").await.unwrap(), None);
+    // The new leader's writes and the API's (unfenced) writes go through.
+    let by_b = s
+        .fenced(t2)
+        .update_status("fence", &rv, &status(Phase::Running))
+        .await
+        .expect("the new leader writes");
+    s.delete("fence", by_b.metadata.resource_version.as_deref())
+        .await
+        .expect("an API write is not fenced");
+}

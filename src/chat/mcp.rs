@@ -307,6 +307,18 @@ impl McpPool {
         Ok(fresh)
     }
 
+    /// Close every connection (this replica stopped leading: the next leader attaches).
+    pub fn close_all(&self) {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, (_, s))| s)
+            .collect();
+        slots.into_iter().for_each(close_slot);
+    }
+
     /// Close the connection of `session` (after an error, or when it is deleted); the next
     /// use attaches again.
     pub async fn forget(&self, session: &str) {

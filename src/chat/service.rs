@@ -197,6 +197,12 @@ impl ChatService {
         })
     }
 
+    /// Close every connection to a sandbox: this replica stopped leading, and only the
+    /// leader talks to sandboxes (never two attaches to one container's stdio).
+    pub fn close_connections(&self) {
+        self.pool.close_all();
+    }
+
     /// The history repository.
     pub fn history(&self) -> &History {
         &self.history

@@ -69,8 +69,10 @@ pub struct Observed {
     pub exit: Option<ExitInfo>,
 }
 
-/// Per-session crash-loop memory, kept by the controller between reconciles.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Per-session crash-loop memory, kept by the controller between reconciles (and in the
+/// store, so that a new leader goes on with the same back-off).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CrashState {
     /// Consecutive short runs (a run shorter than `stable_after` counts as a crash).
     pub streak: u32,

@@ -97,6 +97,11 @@ pub(super) async fn chat(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let bytes = super::sessions::body(b)?;
+    // Only the leader talks to sandboxes: a standby passes the turn on, streaming.
+    let path = ["api", "v1", "sessions", &name, "chat"];
+    if let Some(answer) = super::forward::to_leader(&st, &path, &headers, bytes.clone()).await? {
+        return Ok(answer);
+    }
     let ct = super::sessions::content_type(&headers);
     if ct != "application/json" {
         return Err(super::sessions::unsupported(&ct, "application/json"));

@@ -162,6 +162,11 @@ impl From<StoreError> for ApiError {
             StoreError::BadPolicy(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
             }
+            // The API's own writes are never fenced; a deposed leader's are, and they
+            // end in a 503 like any other loss of the store.
+            StoreError::Fenced { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotLeader", msg).with_retry_after(1)
+            }
         }
     }
 }

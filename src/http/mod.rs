@@ -7,6 +7,7 @@
 
 mod chat;
 mod error;
+mod forward;
 mod limits;
 mod openapi;
 mod sessions;
@@ -33,9 +34,9 @@ pub use error::{ApiError, Status};
 pub use limits::{Limits, MAX_REQUEST_TIMEOUT};
 pub use openapi::openapi_json;
 
-use crate::controller::Handle;
 use crate::domain::contract::{Policy, PublishedPolicy};
 use crate::metrics::Metrics;
+use crate::replica::Leadership;
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -54,8 +55,10 @@ struct Inner {
     policy: Policy,
     token: Option<String>,
     metrics: Metrics,
-    controller: Option<Handle>,
+    leadership: Option<Leadership>,
     shutdown: CancellationToken,
+    /// Forwards what must run on the leader (see [`forward`]).
+    forwarder: reqwest::Client,
     chat: std::sync::OnceLock<Arc<crate::chat::service::ChatService>>,
     published: std::sync::OnceLock<PublishedPolicy>,
     streams: limits::Streams,
@@ -75,8 +78,10 @@ impl AppState {
         self
     }
 
-    /// State for a server over this store and engine. `token` enables bearer auth; `limits`
-    /// caps streams and bounds timeouts; `shutdown` ends every stream.
+    /// State for a server over this store and engine. `token` enables bearer auth;
+    /// `leadership` says whether this replica leads (readiness, forwarding; `None`: no
+    /// controller at all); `limits` caps streams and bounds timeouts; `shutdown` ends every
+    /// stream.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
@@ -84,7 +89,7 @@ impl AppState {
         policy: Policy,
         token: Option<String>,
         metrics: Metrics,
-        controller: Option<Handle>,
+        leadership: Option<Leadership>,
         shutdown: CancellationToken,
         limits: Limits,
     ) -> AppState {
@@ -96,8 +101,9 @@ impl AppState {
                 token: token.filter(|t| !t.is_empty()),
                 streams: limits::Streams::new(limits, metrics.clone()),
                 metrics,
-                controller,
+                leadership,
                 shutdown,
+                forwarder: forward::client(),
                 chat: std::sync::OnceLock::new(),
                 published: std::sync::OnceLock::new(),
             }),
@@ -395,7 +401,9 @@ async fn readyz(State(st): State<AppState>) -> Result<&'static str, ApiError> {
         .ping()
         .await
         .map_err(|e| unavailable(format!("docker: {e}")))?;
-    if let Some(c) = &st.inner.controller {
+    // A standby is ready: it serves the API. The leader is ready once its controller
+    // synced and while it makes progress.
+    if let Some(c) = st.inner.leadership.as_ref().and_then(|l| l.controller()) {
         if !c.synced() {
             return Err(unavailable("the first sync is not done yet".into()));
         }
@@ -407,7 +415,7 @@ async fn readyz(State(st): State<AppState>) -> Result<&'static str, ApiError> {
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
 async fn metrics(State(st): State<AppState>) -> Response {
-    if let Some(c) = &st.inner.controller {
+    if let Some(c) = st.inner.leadership.as_ref().and_then(|l| l.controller()) {
         c.refresh_phase_gauge();
     }
     (

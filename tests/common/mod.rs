@@ -578,3 +578,126 @@ pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// One more `serve` of an [`Env`]'s instance, Redis and engine (a replica), with its own port
+/// and log; SIGKILLed on drop.
+pub struct Replica {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    pub pid: u32,
+}
+
+impl Env {
+    /// Start another replica of this environment's `serve` with `flags`, and wait until its
+    /// API listens.
+    pub fn spawn_replica(&self, tag: &str, flags: &[&str]) -> Replica {
+        let port = free_port();
+        let log = self.dir.path().join(format!("replica-{tag}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command()
+            .env("PORT", port.to_string())
+            .arg("serve")
+            .args(flags)
+            .env("RUST_LOG", "mcp_orchestrator=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot start a replica");
+        let pid = child.id();
+        let r = Replica {
+            child: Some(child),
+            port,
+            log,
+            pid,
+        };
+        wait_until(Duration::from_secs(15), "the replica's API", || {
+            r.log_text().contains("HTTP API listening")
+        });
+        r
+    }
+
+    /// The pid in the holder of the leader lease now (`None` when nobody leads).
+    pub fn leader_pid(&self) -> Option<u32> {
+        let v = self.redis_cli(&["GET", &format!("mcpo:{}:leader", self.instance)]);
+        // "<term> <host>/<pid>/<tag>"
+        v.split_whitespace().nth(1)?.split('/').nth(1)?.parse().ok()
+    }
+}
+
+impl Replica {
+    /// Base URL of its API.
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM (does not wait).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+    }
+
+    /// Wait for it to exit within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("not running");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(start.elapsed() < limit, "replica did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One sample of a metric on its `/metrics` (no labels), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(&format!("{}/metrics", self.api()));
+        body.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- replica {} log ---\n{}", self.pid, self.log_text());
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET: (status, body). Panics when nothing answers.
+pub fn http_get(url: &str) -> (u16, String) {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
