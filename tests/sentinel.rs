@@ -142,13 +142,22 @@ impl Topology {
             .join(",")
     }
 
-    /// The master's port as the first sentinel sees it.
+    /// The master's port once every sentinel names the same one (a sentinel that did not
+    /// run the failover hears of it within about 2 s); `None` if they still disagree after
+    /// 10 s.
     fn master_port(&self) -> Option<u16> {
-        let out = cli(
-            self.sentinels[0].port,
-            &["SENTINEL", "get-master-addr-by-name", MASTER],
-        );
-        out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+        let named = |port: u16| -> Option<u16> {
+            let out = cli(port, &["SENTINEL", "get-master-addr-by-name", MASTER]);
+            out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all: Vec<Option<u16>> = self.sentinels.iter().map(|s| named(s.port)).collect();
+            if all.windows(2).all(|w| w[0] == w[1]) || Instant::now() > deadline {
+                return all[0];
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn kill_primary(&mut self) {
@@ -379,6 +388,13 @@ fn failover_under_the_orchestrator(case: &str, fault: Fault) {
         log.contains("the Redis primary changed"),
         "the orchestrator followed the failover: {log}"
     );
+    let leadership: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("became the leader") || l.contains("stepping down"))
+        .collect();
+    for l in &leadership {
+        eprintln!("sentinel failover ({case}): leadership: {l}");
+    }
     let hold = cli(
         topo.replica.port,
         &["GET", &format!("mcpo:{}:orphan-hold", env.instance)],
