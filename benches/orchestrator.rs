@@ -18,7 +18,8 @@
 //! Settings (environment): BENCH_SIZES (10,100,500), BENCH_CONCURRENCY (8), BENCH_REPEATS (3, convergence at N ≤ 100), BENCH_KILLS (100),
 //! BENCH_RECOVERY_POOL (15), BENCH_KILL_GAP_MS (800), BENCH_IDLE_N (1000), BENCH_IDLE_SECS
 //! (90), BENCH_WRITES (300), BENCH_TAKEOVERS (10), BENCH_OUT (BENCHMARKS.md, `-` for stdout), MCP_IMAGE;
-//! BENCH_CONVERGENCE_ONLY=1 stops after the convergence runs (for quick comparisons).
+//! BENCH_CONVERGENCE_ONLY=1 stops after the convergence runs (for quick comparisons);
+//! BENCH_TAKEOVER_ONLY=1 runs only the replica takeover rounds.
 //!
 //! Everything it creates carries its run's labels and is removed one container at a time at
 //! the end (Docker 20.10 can deadlock when hundreds are removed at once, moby/moby#42545).
@@ -1286,6 +1287,29 @@ async fn main() -> Res<()> {
     Ok(())
 }
 
+/// The write-up of [`takeover`].
+fn write_takeover(r: &mut String, cfg: &Config, ha: &Takeover) {
+    let (sb, rs, ho) = (
+        Dist::new(&ha.standby),
+        Dist::new(&ha.restarted),
+        Dist::new(&ha.handover),
+    );
+    let _ = writeln!(r, "## Several replicas: takeover\n");
+    let _ = writeln!(
+        r,
+        "{} rounds each, default lease TTL 3 s. *Standby*: two replicas; SIGKILL of the leader, a session written at once, timed until its status is Running (the standby waits out the lease, relists, adopts, creates). *Restarted*: one replica, SIGKILLed and started again at once (what a supervisor does), same measure. *Hand-over*: SIGTERM of the leader → a standby holds the lease.\n\n| | p50 | max |\n|---|---|---|\n| standby takes over → new session Running (target ≤ 5 s) | {} ms | {} ms |\n| single replica restarted → new session Running | {} ms | {} ms |\n| ratio standby ÷ restarted | {} | {} |\n| SIGTERM hand-over → standby leads (target ≤ 1 s) | {} ms | {} ms |\n",
+        cfg.takeovers,
+        ms(sb.p(0.5)),
+        ms(sb.max()),
+        ms(rs.p(0.5)),
+        ms(rs.max()),
+        ratio(sb.p(0.5), rs.p(0.5)),
+        ratio(sb.max(), rs.max()),
+        ms(ho.p(0.5)),
+        ms(ho.max()),
+    );
+}
+
 async fn run_all(
     docker: &Docker,
     redis: &Redis,
@@ -1295,6 +1319,14 @@ async fn run_all(
 ) -> Res<String> {
     let p = cfg.concurrency;
     let mut r = String::new();
+
+    if std::env::var_os("BENCH_TAKEOVER_ONLY").is_some() {
+        eprintln!("bench: several replicas ({} takeovers)", cfg.takeovers);
+        let ha = takeover(docker, redis, dir, cfg, run).await?;
+        write_takeover(&mut r, cfg, &ha);
+        let _ = writeln!(r, "## Machine\n\n{}", machine());
+        return Ok(r);
+    }
 
     // Convergence, three ways, interleaved per N so that drift of the machine hits all three.
     let mut rows = Vec::new();
@@ -1465,25 +1497,7 @@ async fn run_all(
         idle.secs, idle.cpu_pct, idle.rss_mib, idle.calls_per_s, idle.calls
     );
 
-    let (sb, rs, ho) = (
-        Dist::new(&ha.standby),
-        Dist::new(&ha.restarted),
-        Dist::new(&ha.handover),
-    );
-    let _ = writeln!(r, "## Several replicas: takeover\n");
-    let _ = writeln!(
-        r,
-        "{} rounds each, default lease TTL 3 s. *Standby*: two replicas; SIGKILL of the leader, a session written at once, timed until its status is Running (the standby waits out the lease, relists, adopts, creates). *Restarted*: one replica, SIGKILLed and started again at once (what a supervisor does), same measure. *Hand-over*: SIGTERM of the leader → a standby holds the lease.\n\n| | p50 | max |\n|---|---|---|\n| standby takes over → new session Running (target ≤ 5 s) | {} ms | {} ms |\n| single replica restarted → new session Running | {} ms | {} ms |\n| ratio standby ÷ restarted | {} | {} |\n| SIGTERM hand-over → standby leads (target ≤ 1 s) | {} ms | {} ms |\n",
-        cfg.takeovers,
-        ms(sb.p(0.5)),
-        ms(sb.max()),
-        ms(rs.p(0.5)),
-        ms(rs.max()),
-        ratio(sb.p(0.5), rs.p(0.5)),
-        ratio(sb.max(), rs.max()),
-        ms(ho.p(0.5)),
-        ms(ho.max()),
-    );
+    write_takeover(&mut r, cfg, &ha);
 
     let _ = writeln!(r, "## Machine\n\n{}", machine());
     Ok(r)

@@ -244,8 +244,17 @@ impl Handle {
 }
 
 impl Controller {
-    /// A controller over this store and engine, reporting into `metrics`.
-    pub fn new(store: Store, runtime: Runtime, config: Config, metrics: Metrics) -> Controller {
+    /// A controller over this store and engine, reporting into `metrics`. With a `term` it
+    /// acts for that leader term only: Docker mutations stop as soon as the elector says the
+    /// term ended (pair it with a store fenced by the same term); `None` is a controller
+    /// without leader election.
+    pub fn new(
+        store: Store,
+        runtime: Runtime,
+        config: Config,
+        metrics: Metrics,
+        term: Option<Term>,
+    ) -> Controller {
         Controller {
             shared: Arc::new(Shared {
                 store,
@@ -266,7 +275,7 @@ impl Controller {
                     busy: 0,
                     last: std::time::Instant::now(),
                 }),
-                term: None,
+                term,
             }),
         }
     }
@@ -278,20 +287,6 @@ impl Controller {
             *id = identity.to_string();
         }
         self
-    }
-
-    /// Act for the leader term `term` only: Docker mutations stop as soon as the elector
-    /// says the term ended. Pair it with a store fenced by the same term.
-    pub fn for_term(self, term: Term) -> Controller {
-        let mut shared = match Arc::try_unwrap(self.shared) {
-            Ok(s) => s,
-            // Not shared yet when called right after `new`; keep the original otherwise.
-            Err(shared) => return Controller { shared },
-        };
-        shared.term = Some(term);
-        Controller {
-            shared: Arc::new(shared),
-        }
     }
 
     /// A handle for health checks.

@@ -54,6 +54,12 @@ impl From<ConnError> for LeaseError {
 const ACQUIRE_LUA: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if not cur then
+  if not redis.call('GET', KEYS[2]) then
+    -- No counter (a new store, or one flushed or restarted without its data): start above
+    -- any term handed out before, from Redis's clock in ms, so no term is ever reused.
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  end
   local term = redis.call('INCR', KEYS[2])
   redis.call('SET', KEYS[1], term .. ' ' .. ARGV[1], 'PX', ARGV[2])
   return term
@@ -66,10 +72,11 @@ end
 return 0
 "#;
 
-/// Extend the lease if it still holds exactly `<term> <holder>`. KEYS: lease. ARGV: value,
-/// ttl ms. Returns 1 when renewed.
+/// Extend the lease if it still holds exactly `<term> <holder>` and the term is still the
+/// newest (a lost counter ends the term too). KEYS: lease, term counter. ARGV: value, ttl ms,
+/// term. Returns 1 when renewed.
 const RENEW_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
@@ -142,8 +149,10 @@ impl Lease {
         let done: i64 = self
             .renew
             .key(&self.key)
+            .key(&self.term_key)
             .arg(self.value(term))
             .arg(millis(ttl))
+            .arg(term)
             .invoke_async(&mut con)
             .await?;
         Ok(done == 1)
@@ -309,6 +318,12 @@ pub async fn run(
             *cur = term;
             changed
         });
+        // While leading, never sleep past the renew deadline: step down on time.
+        let wait = if term.is_some() {
+            wait.min(t.renew_deadline.saturating_sub(renewed.elapsed()))
+        } else {
+            wait
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}

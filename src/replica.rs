@@ -71,6 +71,16 @@ impl Leadership {
         self.term().is_some()
     }
 
+    /// Resolves when the term this replica leads in now ends (at once when it leads in none).
+    pub async fn term_ends(&self) {
+        let mut rx = self.inner.leader.clone();
+        let now = *rx.borrow_and_update();
+        if now.is_none() {
+            return;
+        }
+        let _ = rx.wait_for(|t| *t != now).await;
+    }
+
     /// The elector's view (for [`crate::controller::Term`]).
     pub fn watch(&self) -> watch::Receiver<Option<u64>> {
         self.inner.leader.clone()
@@ -139,10 +149,26 @@ pub async fn lead<F, Fut>(
         metrics.leader_transitions.inc();
         info!(term, replica = %leadership.id(), "this replica is now the leader");
         let stop = shutdown.child_token();
-        let task = tokio::spawn(work(term, stop.clone()));
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = rx.wait_for(|t| *t != Some(term)) => {}
+        let mut task = tokio::spawn(work(term, stop.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = rx.wait_for(|t| *t != Some(term)) => break,
+                ended = &mut task => {
+                    // The work must run as long as the term: start it again (after a pause,
+                    // so a work that keeps failing cannot spin).
+                    if let Err(e) = ended {
+                        tracing::error!(error = %e, "the leader's work failed; starting it again");
+                    } else {
+                        tracing::error!("the leader's work ended early; starting it again");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                    task = tokio::spawn(work(term, stop.clone()));
+                }
+            }
         }
         stop.cancel();
         if let Err(e) = task.await {

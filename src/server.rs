@@ -432,7 +432,10 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     }
     let chat = Arc::new(crate::chat::service::ChatService::new(
         store.clone(),
-        crate::chat::mcp::McpPool::new(runtime.clone(), a.mcp_call_timeout),
+        crate::chat::mcp::McpPool::new(runtime.clone(), a.mcp_call_timeout).with_gate({
+            let leadership = leadership.clone();
+            move || leadership.is_leader()
+        }),
         gemini,
         crate::chat::history::History::new(
             store.clone(),
@@ -496,6 +499,13 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     }
     beats.cancel();
     let _ = beating.await;
+    // The image's stop hook removes the sandboxes of this identity: the current one, which
+    // may have changed while another replica led.
+    if let (Some(path), Ok(id)) = (&a.store_id_file, store.identity().await)
+        && let Err(e) = std::fs::write(path, format!("{id}\n"))
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the store identity");
+    }
     match registry.leave().await {
         Ok(others) => {
             info!(others, "left the replica set");
@@ -549,6 +559,15 @@ impl LeaderWork {
     /// sandbox connection.
     async fn run(self, term: u64, stop: CancellationToken) {
         let fenced = self.store.fenced(term);
+        // The moment the term ends, let go of every sandbox connection (the next leader
+        // attaches); the pool refuses new attaches from then on (its gate).
+        let closer = tokio::spawn({
+            let (chat, stop) = (self.chat.clone(), stop.clone());
+            async move {
+                stop.cancelled().await;
+                chat.close_connections();
+            }
+        });
         // Published now and again every few seconds while leading (a Redis failover may
         // lose it); fenced, so a deposed leader cannot overwrite its successor's.
         let publisher = tokio::spawn({
@@ -586,11 +605,11 @@ impl LeaderWork {
             self.runtime.clone(),
             self.config.clone(),
             self.metrics.clone(),
-        )
-        .for_term(controller::Term {
-            term,
-            leader: self.leadership.watch(),
-        });
+            Some(controller::Term {
+                term,
+                leader: self.leadership.watch(),
+            }),
+        );
         let known = self.identity.lock().map(|i| i.clone()).unwrap_or_default();
         let ctrl = ctrl.knowing_store(&known);
         let handle = ctrl.handle();
@@ -613,7 +632,7 @@ impl LeaderWork {
             let _ = specs.await;
         }
         let _ = publisher.await;
-        self.chat.close_connections();
+        let _ = closer.await;
         self.leadership.set_controller(None);
         let _ = self.leadership.publish_address(term, None).await;
     }

@@ -888,18 +888,9 @@ impl Store {
         source: &str,
         problem: Option<&SessionEvent>,
     ) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
-        let key = self.spec_files_key();
-        match problem {
-            Some(p) => {
-                let json = serde_json::to_string(p).unwrap_or_default();
-                let _: () = con.hset(key, source, json).await?;
-            }
-            None => {
-                let _: () = con.hdel(key, source).await?;
-            }
-        }
-        Ok(())
+        let json = problem.map(|p| serde_json::to_string(p).unwrap_or_default());
+        self.set_field(&self.spec_files_key(), source, json.as_deref())
+            .await
     }
 
     /// Every specs-directory file with a current problem, by source (`file:<path>`).

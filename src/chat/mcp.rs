@@ -57,6 +57,9 @@ pub enum McpError {
         /// The limit.
         secs: u64,
     },
+    /// This replica no longer leads: the leader talks to sandboxes.
+    #[error("this replica no longer leads; retry (the leader serves chat turns)")]
+    NotLeader,
     /// The sandbox went away mid-conversation.
     #[error("the sandbox is gone (its container stopped or was replaced): {0}")]
     Gone(String),
@@ -218,6 +221,8 @@ type Slot = Arc<Mutex<Option<Arc<McpConn>>>>;
 pub struct McpPool {
     runtime: Runtime,
     timeout: Duration,
+    /// When set, attaching is allowed only while it says yes (this replica leads).
+    gate: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// session → (its container id, that container's slot). Locked only for lookups.
     slots: std::sync::Mutex<HashMap<String, (String, Slot)>>,
 }
@@ -247,6 +252,7 @@ impl McpPool {
         McpPool {
             runtime,
             timeout,
+            gate: None,
             slots: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -276,6 +282,9 @@ impl McpPool {
     /// the container changed, or when the old transport died. Only this container's lock is
     /// held while attaching, at most the pool's timeout.
     pub async fn get(&self, session: &str, container_id: &str) -> Result<Arc<McpConn>, McpError> {
+        if self.gate.as_ref().is_some_and(|open| !open()) {
+            return Err(McpError::NotLeader);
+        }
         let slot = self.slot(session, container_id);
         let secs = self.timeout.as_secs();
         let mut conn = tokio::time::timeout(self.timeout, slot.lock())
@@ -305,6 +314,13 @@ impl McpPool {
         let fresh = Arc::new(fresh);
         *conn = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Attach only while `gate` says yes (only the leader talks to sandboxes: never two
+    /// attaches to one container's stdio across replicas).
+    pub fn with_gate(mut self, gate: impl Fn() -> bool + Send + Sync + 'static) -> McpPool {
+        self.gate = Some(Arc::new(gate));
+        self
     }
 
     /// Close every connection (this replica stopped leading: the next leader attaches).

@@ -130,6 +130,16 @@ pub(super) async fn chat(
     let (tx, rx) = mpsc::channel(256);
     // Cancelled when the response body is dropped (the client went away) or on shutdown.
     let cancel = st.inner.shutdown.child_token();
+    if let Some(leadership) = &st.inner.leadership {
+        // A turn talks to the sandbox: it ends with this replica's term.
+        let (leadership, cancel) = (leadership.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = leadership.term_ends() => cancel.cancel(),
+            }
+        });
+    }
     let on_drop = cancel.clone().drop_guard();
     let metrics = st.inner.metrics.clone();
     tokio::spawn(async move {

@@ -18,10 +18,14 @@ use super::{ApiError, AppState};
 pub const FORWARDED: &str = "x-mcpo-forwarded-by";
 
 /// The client standbys forward with: connect quickly or give up; no overall timeout (the
-/// answer is a stream as long as the turn).
+/// answer is a stream as long as the turn), but a leader silent for longer than three SSE
+/// keep-alives (15 s each) is given up; no proxy, no redirects (the leader is a peer).
 pub(super) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
+        .read_timeout(Duration::from_secs(45))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default()
@@ -96,6 +100,17 @@ pub(super) async fn to_leader(
         )
     })?;
     st.inner.metrics.forwarded.inc();
+    if matches!(answer.status().as_u16(), 401 | 403) {
+        // The caller's token was good here: the replicas do not share one.
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "LeaderRejected",
+            format!(
+                "the leader at {base} refused this replica's forwarded credentials ({}); give every replica the same ORCHESTRATOR_TOKEN",
+                answer.status()
+            ),
+        ));
+    }
     let mut out = Response::builder().status(answer.status().as_u16());
     for name in [
         header::CONTENT_TYPE,
