@@ -21,6 +21,11 @@ ensure_redis() {
         echo "installing redis-server (Debian package)" >&2
         apt_install redis-server
     fi
+    # tests/sentinel.rs makes its test CA with it (TLS to Redis and Sentinel).
+    if ! command -v openssl >/dev/null; then
+        echo "installing openssl (Debian package)" >&2
+        apt_install openssl
+    fi
 }
 
 docker_cli() {

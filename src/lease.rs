@@ -17,11 +17,11 @@
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::redis_conn::{Conn, ConnError};
 use crate::store::Store;
 
 /// Lease failures.
@@ -33,6 +33,19 @@ pub enum LeaseError {
     /// The timings cannot keep the guarantee (renew deadline ≥ TTL, and so on).
     #[error("lease timings: {0}")]
     Config(String),
+    /// The acquire was made but fewer replicas than required (`--redis-wait-replicas`)
+    /// acknowledged it in time; the lease is not taken as held.
+    #[error("lease: {0}")]
+    NotReplicated(ConnError),
+}
+
+impl From<ConnError> for LeaseError {
+    fn from(e: ConnError) -> LeaseError {
+        match e {
+            ConnError::Redis(e) => LeaseError::Redis(e),
+            other => LeaseError::NotReplicated(other),
+        }
+    }
 }
 
 /// Take the lease if it is free (a new term) or already ours (same term, TTL refreshed).
@@ -82,7 +95,7 @@ return 0
 /// The lease of one orchestrator instance, as seen by one replica (`holder`).
 #[derive(Clone)]
 pub struct Lease {
-    con: ConnectionManager,
+    con: Conn,
     key: String,
     term_key: String,
     holder: String,
@@ -110,9 +123,12 @@ impl Lease {
         format!("{term} {}", self.holder)
     }
 
-    /// Take the lease for `ttl`: `Some(term)` when this replica holds it now.
+    /// Take the lease for `ttl`: `Some(term)` when this replica holds it now. With
+    /// `--redis-wait-replicas`, a taken lease must also be acknowledged by the replicas (or
+    /// this fails with [`LeaseError::NotReplicated`]): a term lost in a failover could be
+    /// handed out twice.
     pub async fn try_acquire(&self, ttl: Duration) -> Result<Option<u64>, LeaseError> {
-        let mut con = self.con.clone();
+        let mut con = self.con.for_write().await?;
         let term: u64 = self
             .acquire
             .key(&self.key)
@@ -121,6 +137,9 @@ impl Lease {
             .arg(millis(ttl))
             .invoke_async(&mut con)
             .await?;
+        if term > 0 {
+            con.acknowledge().await?;
+        }
         Ok((term > 0).then_some(term))
     }
 

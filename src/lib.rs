@@ -12,7 +12,8 @@
 //! - [`ops`]: the operations every front end shares — apply, patch, delete, restart
 //!   through admission and the store, and the one wait loop.
 //! - Edges to the outside, one each:
-//!   - [`store`]: Redis — desired state, status, compare-and-swap, change stream, policy.
+//!   - [`store`]: Redis — desired state, status, compare-and-swap, change stream, policy;
+//!     over [`redis_conn`] (one URL, or Sentinel with failover following; `WAIT`).
 //!   - [`runtime`]: Docker through bollard — list, create, start, remove, events, logs.
 //!   - [`files`]: `-f` files, directories and stdin → [`domain::parse`].
 //!   - [`sse`]: the one Server-Sent Events parser (the API client, Gemini's streams).
@@ -39,6 +40,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod ops;
+pub mod redis_conn;
 pub mod replica;
 pub mod runtime;
 pub mod server;

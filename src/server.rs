@@ -21,6 +21,7 @@ use crate::domain::contract::{self, Policy, PublishedPolicy};
 use crate::domain::limits::{self, flag_duration};
 use crate::domain::plan::Settings;
 use crate::lease::{self, Lease};
+use crate::redis_conn::RedisTarget;
 use crate::replica::{Leadership, Registry};
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -299,7 +300,7 @@ fn publisher() -> String {
 }
 
 /// Run `serve` until SIGINT/SIGTERM.
-pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), ServerError> {
+pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<(), ServerError> {
     let policy = a.policy.policy()?;
     if a.stall_after <= a.reconcile_timeout {
         return Err(ServerError::Config(format!(
@@ -317,17 +318,14 @@ pub async fn run(redis_url: &str, instance: &str, a: ServeArgs) -> Result<(), Se
         let what = what.to_string();
         move |source| ServerError::Docker { what, source }
     };
-    let store = Store::connect(redis_url, instance)
+    let store = Store::connect(redis.clone(), instance)
         .await
-        .map_err(store_err(&format!(
-            "cannot connect to Redis at {}",
-            redact(redis_url)
-        )))?;
+        .map_err(store_err(&format!("cannot connect to Redis at {redis}")))?;
     store
         .ping()
         .await
         .map_err(store_err("Redis is not answering"))?;
-    info!(redis = %redact(redis_url), instance = %instance, "connected to Redis");
+    info!(redis = %redis, instance = %instance, "connected to Redis");
     let runtime = Runtime::connect(instance)
         .await
         .map_err(docker_err("cannot connect to the Docker engine"))?;

@@ -34,16 +34,17 @@
 //! restarted without persistence) by a jump in ids.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, AsyncConnectionConfig, Client, Script, Value};
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::plan::CrashState;
 use crate::domain::resource::{Session, SessionStatus};
+use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
 /// Approximate number of change entries kept in the stream.
 const STREAM_MAXLEN: usize = 100_000;
@@ -58,6 +59,21 @@ pub enum StoreError {
     /// Redis could not be reached or refused the command.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The write was made but fewer replicas than required (`--redis-wait-replicas`)
+    /// acknowledged it in time: it may still have been applied, and a failover may lose it.
+    #[error(
+        "the write was acknowledged by {acknowledged} of the {wanted} replicas required within \
+         {}: it may still have been applied, and a failover may lose it",
+        humantime::format_duration(*timeout)
+    )]
+    NotReplicated {
+        /// Replicas required.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acknowledged: u32,
+        /// How long the write waited.
+        timeout: Duration,
+    },
     /// No session has this name.
     #[error("session {0:?} not found")]
     NotFound(String),
@@ -112,6 +128,28 @@ pub enum StoreError {
         /// The store's revision now.
         now: u64,
     },
+}
+
+impl From<ConnError> for StoreError {
+    fn from(e: ConnError) -> StoreError {
+        match e {
+            ConnError::Redis(e) => StoreError::Redis(e),
+            ConnError::NotAcknowledged {
+                wanted,
+                acknowledged,
+                timeout,
+            } => StoreError::NotReplicated {
+                wanted,
+                acknowledged,
+                timeout,
+            },
+            ConnError::Config(msg) => StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Redis settings",
+                msg,
+            ))),
+        }
+    }
 }
 
 /// Kind of change.
@@ -190,11 +228,10 @@ struct Keys {
     prefix: String,
 }
 
-/// The Redis store. Cheap to clone; reconnects by itself.
+/// The Redis store. Cheap to clone; reconnects by itself (and follows a Sentinel failover).
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    con: ConnectionManager,
+    con: Conn,
     keys: Keys,
     write: Script,
     record: Script,
@@ -318,17 +355,15 @@ impl<'a> WriteKind<'a> {
 }
 
 impl Store {
-    /// Connect to `url` and use the key prefix `mcpo:<instance>`.
-    pub async fn connect(url: &str, instance: &str) -> Result<Store, StoreError> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2));
-        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
+    /// Connect to `target` (a URL, or Redis Sentinel; see [`crate::redis_conn`]) and use the
+    /// key prefix `mcpo:<instance>`.
+    pub async fn connect(
+        target: impl Into<RedisTarget>,
+        instance: &str,
+    ) -> Result<Store, StoreError> {
+        let con = Conn::connect(&target.into()).await?;
         let prefix = format!("mcpo:{instance}");
         Ok(Store {
-            client,
             con,
             keys: Keys {
                 objects: format!("{prefix}:objects"),
@@ -367,8 +402,9 @@ impl Store {
         )
     }
 
-    /// A command connection (reconnecting) for modules that keep their own keys here.
-    pub fn connection(&self) -> ConnectionManager {
+    /// A command connection (reconnecting, following the primary) for modules that keep
+    /// their own keys here.
+    pub fn connection(&self) -> Conn {
         self.con.clone()
     }
 
@@ -647,7 +683,9 @@ impl Store {
         mode: Mode<'_>,
         kind: WriteKind<'_>,
     ) -> Result<String, StoreError> {
-        let mut con = self.con.clone();
+        // With --redis-wait-replicas, a connection of its own: the WAIT below must run on
+        // the connection the script ran on.
+        let mut con = self.con.for_write().await?;
         let (op, json, status_only) = kind.args();
         let mode_arg = match mode {
             Mode::Create => "create",
@@ -677,7 +715,10 @@ impl Store {
             .invoke_async(&mut con)
             .await?;
         match outcome.as_str() {
-            "ok" => Ok(value),
+            "ok" => {
+                con.acknowledge().await?;
+                Ok(value)
+            }
             "fenced" => Err(StoreError::Fenced {
                 term: self.fence.unwrap_or(0),
                 newest: value,
@@ -887,32 +928,97 @@ impl Store {
     /// as returned by [`Store::list`]). The watch fails with [`StoreError::Reset`] as soon as
     /// the store's identity changes or its revision goes below `revision`.
     pub async fn watch_from(&self, revision: u64, identity: &str) -> Result<Watch, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(None);
-        let con = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+        let (client, primary) = self.con.primary_client();
+        let con = client
+            .get_multiplexed_async_connection_with_config(&watch_config())
             .await?;
-        Ok(Watch {
+        let mut w = Watch {
             con,
+            primary,
+            follow: self.con.follows_failovers().then(|| {
+                Box::new(Following {
+                    conn: self.con.clone(),
+                    stale: None,
+                    tip: None,
+                })
+            }),
             stream: self.keys.stream.clone(),
             id_key: self.keys.id.clone(),
             rv_key: self.keys.rv.clone(),
             identity: identity.to_string(),
             last: revision,
-        })
+        };
+        if w.follow.is_some() && revision > 0 {
+            let (tip, _, _) = w.at_position().await?;
+            if let Some(f) = w.follow.as_mut() {
+                f.tip = tip;
+            }
+        }
+        Ok(w)
     }
 }
 
+/// The dedicated connection of a watch: no response timeout (it blocks in `XREAD`).
+fn watch_config() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(None)
+}
+
+/// How long a watch that follows Sentinel failovers waits for a primary to read from again
+/// before it gives up (and its caller relists). Longer than Sentinel's default failover
+/// timeout (3 min).
+const FOLLOW_WAIT: Duration = Duration::from_secs(300);
+
+/// A broken or stale connection (not a refusal by Redis).
+fn connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// What identifies a stream entry's content: another store's entry under the same id
+/// (history that diverged in a failover) differs.
+fn fingerprint(map: &HashMap<String, Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for k in ["type", "name", "status", "object"] {
+        match map.get(k) {
+            Some(Value::BulkString(b)) => b.hash(&mut h),
+            Some(Value::SimpleString(s)) => s.as_bytes().hash(&mut h),
+            _ => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
 /// A position in the change stream. [`Watch::next_batch`] blocks until changes arrive.
+///
+/// With Sentinel ([`Conn::follows_failovers`]) a watch survives a failover: when its
+/// connection breaks or the primary changes, it reconnects to the (new) primary — waiting up
+/// to five minutes for one — and goes on from its position, after checking that the store there
+/// is the same one, not behind the position, with the same entry at the position. A new
+/// primary that lacks writes the watch has seen (asynchronous replication) is a
+/// [`StoreError::Reset`] under the same identity: the controller's rollback hold.
 pub struct Watch {
     con: MultiplexedConnection,
+    /// Fires when a Sentinel failover moved the primary: `con` is then stale.
+    primary: PrimaryChanges,
+    /// Set when the watch follows failovers (Sentinel) instead of failing.
+    follow: Option<Box<Following>>,
     stream: String,
     id_key: String,
     rv_key: String,
     identity: String,
     last: u64,
+}
+
+/// The state of a watch that follows failovers.
+struct Following {
+    /// The store's connection: where the primary is now.
+    conn: Conn,
+    /// Since when the watch's connection is broken or on an old primary.
+    stale: Option<Instant>,
+    /// The fingerprint of the entry at the position, when known.
+    tip: Option<u64>,
 }
 
 impl Watch {
@@ -921,9 +1027,87 @@ impl Watch {
         self.last
     }
 
+    /// The fingerprint of the entry at the position (if the stream still has it), the
+    /// identity and the revision, in one round trip.
+    async fn at_position(&mut self) -> Result<(Option<u64>, String, u64), StoreError> {
+        let id = format!("{}-0", self.last);
+        let (range, identity, rv): (StreamRangeReply, Option<String>, Option<u64>) = redis::pipe()
+            .xrange(&self.stream, &id, &id)
+            .get(&self.id_key)
+            .get(&self.rv_key)
+            .query_async(&mut self.con)
+            .await?;
+        Ok((
+            range.ids.first().map(|e| fingerprint(&e.map)),
+            identity.unwrap_or_default(),
+            rv.unwrap_or(0),
+        ))
+    }
+
+    /// Reconnect to the primary (waiting for one until `since` + [`FOLLOW_WAIT`]) and check
+    /// that the stream there continues the one this watch read.
+    async fn reopen(&mut self, since: Instant) -> Result<(), StoreError> {
+        let Some(conn) = self.follow.as_ref().map(|f| f.conn.clone()) else {
+            return Ok(());
+        };
+        // Never a tight loop, whatever fails below.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let (client, mut changes) = conn.primary_client();
+            match client
+                .get_multiplexed_async_connection_with_config(&watch_config())
+                .await
+            {
+                Ok(con) => {
+                    self.con = con;
+                    self.primary = changes;
+                    break;
+                }
+                Err(e) if since.elapsed() >= FOLLOW_WAIT => return Err(e.into()),
+                Err(_) => tokio::select! {
+                    () = changes.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                },
+            }
+        }
+        let (tip, identity, rv) = self.at_position().await?;
+        // An entry at the position with other content: the histories diverged at or before
+        // it, so the store agrees with what this watch saw only below it.
+        let seen_tip = self.follow.as_ref().and_then(|f| f.tip);
+        let diverged = matches!((tip, seen_tip), (Some(now), Some(seen)) if now != seen);
+        if identity != self.identity || rv < self.last || diverged {
+            return Err(StoreError::Reset {
+                old: self.identity.clone(),
+                new: identity,
+                seen: self.last,
+                now: if diverged {
+                    rv.min(self.last.saturating_sub(1))
+                } else {
+                    rv
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Wait up to `block` for changes after the current position. Returns an empty batch on
     /// timeout, [`StoreError::Gone`] when changes were lost (trimmed or reset store).
     pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, StoreError> {
+        if let Some(since) = self.follow.as_ref().and_then(|f| f.stale) {
+            match self.reopen(since).await {
+                Ok(()) => {
+                    if let Some(f) = self.follow.as_mut() {
+                        f.stale = None;
+                    }
+                }
+                Err(StoreError::Redis(e))
+                    if connection_error(&e) && since.elapsed() < FOLLOW_WAIT =>
+                {
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let opts = StreamReadOptions::default()
             .block(block.as_millis().max(1) as usize)
             .count(1000);
@@ -938,15 +1122,29 @@ impl Watch {
             .get(&self.id_key)
             .get(&self.rv_key);
         let query = pipe.query_async(&mut self.con);
-        let (reply, identity, rv): (Option<StreamReadReply>, Option<String>, Option<u64>) =
-            tokio::time::timeout(block + Duration::from_secs(5), query)
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "the watch read did not answer in time",
-                    ))
-                })??;
+        let moved = self.primary.changed();
+        let result: Result<(Option<StreamReadReply>, Option<String>, Option<u64>), _> = tokio::select! {
+            r = tokio::time::timeout(block + Duration::from_secs(5), query) => r.unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the watch read did not answer in time",
+                )))
+            }),
+            () = moved => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the Redis primary changed (Sentinel failover)",
+            ))),
+        };
+        let (reply, identity, rv) = match result {
+            Ok(r) => r,
+            Err(e) if connection_error(&e) && self.follow.is_some() => {
+                if let Some(f) = self.follow.as_mut() {
+                    f.stale = Some(Instant::now());
+                }
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let identity = identity.unwrap_or_default();
         let rv = rv.unwrap_or(0);
         if identity != self.identity || rv < self.last {
@@ -973,6 +1171,9 @@ impl Watch {
                     return Err(StoreError::Gone(self.last));
                 }
                 self.last = revision;
+                if let Some(f) = self.follow.as_mut() {
+                    f.tip = Some(fingerprint(&entry.map));
+                }
                 let field = |k: &str| match entry.map.get(k) {
                     Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
                     Some(Value::SimpleString(s)) => s.clone(),

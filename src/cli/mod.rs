@@ -20,7 +20,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::client::ApiClient;
 use crate::domain::contract;
 use crate::domain::limits::flag_duration;
-use crate::server::{ServeArgs, redact};
+use crate::redis_conn::{RedisTarget, Secret};
+use crate::server::ServeArgs;
 use crate::store::Store;
 use backend::Backend;
 use output::Output;
@@ -38,14 +39,99 @@ pub struct Cli {
 /// Options every verb shares.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Redis holding the desired state.
+    /// Redis holding the desired state (unused with --redis-sentinels).
     #[arg(
         long,
         env = "REDIS_URL",
+        hide_env_values = true,
+        help_heading = "Redis",
         default_value = "redis://127.0.0.1:6379",
         global = true
     )]
     pub redis_url: String,
+    /// Redis Sentinel addresses, `host:port,host:port` (port 26379 when left out): find the
+    /// primary through them and follow its failovers. Needs --redis-sentinel-master.
+    #[arg(
+        long,
+        env = "REDIS_SENTINELS",
+        help_heading = "Redis",
+        global = true,
+        value_name = "HOST:PORT,..."
+    )]
+    pub redis_sentinels: Option<String>,
+    /// The name the sentinels monitor the primary under (with --redis-sentinels).
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_MASTER",
+        help_heading = "Redis",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub redis_sentinel_master: Option<String>,
+    /// Password of the Redis nodes (replaces one in --redis-url; never logged).
+    #[arg(
+        long,
+        env = "REDIS_PASSWORD",
+        help_heading = "Redis",
+        global = true,
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub redis_password: Option<Secret>,
+    /// Password of the sentinels (their own `requirepass`; never logged).
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_PASSWORD",
+        help_heading = "Redis",
+        global = true,
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub redis_sentinel_password: Option<Secret>,
+    /// Redis database number (replaces one in --redis-url).
+    #[arg(
+        long,
+        env = "REDIS_DB",
+        help_heading = "Redis",
+        global = true,
+        value_name = "N"
+    )]
+    pub redis_db: Option<i64>,
+    /// TLS to the sentinels and the Redis nodes (with --redis-sentinels; one Redis is
+    /// reached over TLS with a `rediss://` URL).
+    #[arg(long, env = "REDIS_TLS", help_heading = "Redis", global = true)]
+    pub redis_tls: bool,
+    /// A PEM file of the CA(s) to verify Redis (and sentinel) TLS certificates with,
+    /// instead of the system's roots.
+    #[arg(
+        long,
+        env = "REDIS_TLS_CA",
+        help_heading = "Redis",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Every store write waits until this many replicas acknowledged it (Redis `WAIT`) and
+    /// fails otherwise; 0: writes do not wait.
+    #[arg(
+        long,
+        env = "REDIS_WAIT_REPLICAS",
+        help_heading = "Redis",
+        default_value_t = 0,
+        global = true,
+        value_name = "N"
+    )]
+    pub redis_wait_replicas: u32,
+    /// How long a write waits for --redis-wait-replicas (at most 1m).
+    #[arg(
+        long,
+        env = "REDIS_WAIT_TIMEOUT", help_heading = "Redis",
+        default_value = "1s",
+        global = true,
+        value_parser = flag_duration,
+        value_name = "DURATION"
+    )]
+    pub redis_wait_timeout: Duration,
     /// Orchestrator instance: scopes Redis keys and container labels.
     #[arg(
         long,
@@ -75,10 +161,59 @@ impl Global {
 
     /// The Redis store of this instance.
     pub async fn store(&self) -> anyhow::Result<Store> {
-        Store::connect(&self.redis_url, &self.instance)
+        let target = self.redis_target()?;
+        Store::connect(target.clone(), &self.instance)
             .await
-            .with_context(|| format!("cannot connect to Redis at {}", redact(&self.redis_url)))
+            .with_context(|| format!("cannot connect to Redis at {target}"))
     }
+
+    /// Where Redis is, from the Redis flags (and their environment variables); errors name
+    /// the flag.
+    pub fn redis_target(&self) -> anyhow::Result<RedisTarget> {
+        let target = match (&self.redis_sentinels, &self.redis_sentinel_master) {
+            (Some(list), Some(master)) => RedisTarget::sentinel(list, master)
+                .context("--redis-sentinels/--redis-sentinel-master")?,
+            (None, None) => RedisTarget::url(self.redis_url.as_str()),
+            (Some(_), None) => anyhow::bail!(
+                "--redis-sentinels (REDIS_SENTINELS) needs --redis-sentinel-master \
+                 (REDIS_SENTINEL_MASTER)"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "--redis-sentinel-master (REDIS_SENTINEL_MASTER) needs --redis-sentinels \
+                 (REDIS_SENTINELS)"
+            ),
+        };
+        let ca = match &self.redis_tls_ca {
+            None => None,
+            Some(path) => {
+                Some(read_ca(path).with_context(|| format!("--redis-tls-ca {}", path.display()))?)
+            }
+        };
+        target
+            .with_passwords(
+                self.redis_password.clone(),
+                self.redis_sentinel_password.clone(),
+            )
+            .context("--redis-sentinel-password")?
+            .with_db(self.redis_db)
+            .context("--redis-db")?
+            .with_tls(self.redis_tls, ca)
+            .context("--redis-tls/--redis-tls-ca")?
+            .with_wait(self.redis_wait_replicas, self.redis_wait_timeout)
+            .context("--redis-wait-timeout")
+    }
+}
+
+/// A CA bundle, at most [`crate::redis_conn::MAX_CA_BYTES`] (one byte more is read, to tell).
+fn read_ca(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let max = crate::redis_conn::MAX_CA_BYTES;
+    let mut pem = Vec::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut pem)?;
+    anyhow::ensure!(pem.len() <= max, "larger than {max} bytes");
+    Ok(pem)
 }
 
 fn instance_name(s: &str) -> Result<String, String> {
@@ -347,7 +482,7 @@ pub fn main() -> std::process::ExitCode {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Serve(a) => Ok(crate::server::run(&g.redis_url, &g.instance, *a).await?),
+        Command::Serve(a) => Ok(crate::server::run(&g.redis_target()?, &g.instance, *a).await?),
         Command::Apply(a) => verbs::apply(g, a).await,
         Command::Get(a) => verbs::get(g, a).await,
         Command::Describe { name } => verbs::describe(g, &name).await,

@@ -148,6 +148,13 @@ impl From<StoreError> for ApiError {
             StoreError::Redis(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", msg)
             }
+            StoreError::NotReplicated {
+                wanted,
+                acknowledged,
+                ..
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NotReplicated", msg).with_details(
+                json!({"replicasWanted": wanted, "replicasAcknowledged": acknowledged}),
+            ),
             StoreError::Corrupt { name, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
                     .with_details(json!({"name": name}))
@@ -208,5 +215,30 @@ impl From<OpsError> for ApiError {
             } => ApiError::new(StatusCode::CONFLICT, "OwnedByAnotherSource", msg)
                 .with_details(json!({"name": name, "owner": owner, "writer": writer})),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_the_replicas_did_not_acknowledge_is_503_and_says_it_may_be_applied() {
+        let e = ApiError::from(StoreError::NotReplicated {
+            wanted: 2,
+            acknowledged: 1,
+            timeout: std::time::Duration::from_millis(500),
+        });
+        assert_eq!(e.code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.reason, "NotReplicated");
+        assert!(
+            e.message.contains("may still have been applied"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            e.details,
+            json!({"replicasWanted": 2, "replicasAcknowledged": 1})
+        );
     }
 }

@@ -135,6 +135,7 @@ fn transient(e: &OpsError) -> bool {
         e,
         OpsError::Store(
             StoreError::Redis(_)
+                | StoreError::NotReplicated { .. }
                 | StoreError::Conflict { .. }
                 | StoreError::AlreadyExists(_)
                 | StoreError::NotFound(_)
