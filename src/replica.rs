@@ -149,29 +149,36 @@ pub async fn lead<F, Fut>(
         metrics.leader_transitions.inc();
         info!(term, replica = %leadership.id(), "this replica is now the leader");
         let stop = shutdown.child_token();
-        let mut task = tokio::spawn(work(term, stop.clone()));
+        let mut task = Some(tokio::spawn(work(term, stop.clone())));
         loop {
+            let Some(running) = task.as_mut() else { break };
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = rx.wait_for(|t| *t != Some(term)) => break,
-                ended = &mut task => {
+                ended = running => {
+                    task = None;
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
                     // The work must run as long as the term: start it again (after a pause,
                     // so a work that keeps failing cannot spin).
-                    if let Err(e) = ended {
-                        tracing::error!(error = %e, "the leader's work failed; starting it again");
-                    } else {
-                        tracing::error!("the leader's work ended early; starting it again");
+                    match ended {
+                        Err(e) => tracing::error!(error = %e, "the leader's work failed; starting it again"),
+                        Ok(()) => tracing::error!("the leader's work ended early; starting it again"),
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     }
-                    task = tokio::spawn(work(term, stop.clone()));
+                    task = Some(tokio::spawn(work(term, stop.clone())));
                 }
             }
         }
         stop.cancel();
-        if let Err(e) = task.await {
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
             tracing::error!(error = %e, "the leader's work failed");
         }
         metrics.leader.set(0);
