@@ -150,8 +150,7 @@ pub async fn lead<F, Fut>(
         info!(term, replica = %leadership.id(), "this replica is now the leader");
         let stop = shutdown.child_token();
         let mut task = Some(tokio::spawn(work(term, stop.clone())));
-        loop {
-            let Some(running) = task.as_mut() else { break };
+        while let Some(running) = task.as_mut() {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
