@@ -23,7 +23,8 @@
 //!   - [`http`]: the HTTP API and operations endpoints (axum).
 //!   - [`specs`]: the watched specs directory (a pure plan and its watcher).
 //!   - [`cli`]: the kubectl-style command line, over [`client`] (the HTTP API client) or Redis.
-//! - [`lease`]: leader election through a Redis lease with a fencing token (not wired yet).
+//! - [`lease`]: leader election through a Redis lease with a fencing token; [`replica`]:
+//!   what one replica of several does with it (the leader acts, standbys serve the API).
 //! - [`chat`]: the Gemini bridge — MCP over docker attach, history, the tool loop.
 //! - [`chaos`]: fault injection against a live orchestrator, with measured recovery.
 //! - [`metrics`]: the Prometheus registry.
