@@ -39,6 +39,7 @@ pub mod domain;
 pub mod files;
 pub mod http;
 pub mod lease;
+pub mod mcp;
 pub mod metrics;
 pub mod ops;
 pub mod redis_conn;

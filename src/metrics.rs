@@ -37,7 +37,7 @@ pub struct Metrics {
     /// HTTP requests refused for a missing or wrong bearer token (no labels: junk cannot
     /// create series).
     pub http_unauthorized: IntCounter,
-    /// Long-lived HTTP streams open now, by kind (`watch`, `wait`, `chat`).
+    /// Long-lived HTTP streams open now, by kind (`watch`, `wait`, `chat`, `mcp`).
     pub open_streams: IntGaugeVec,
     /// 1 while this replica leads (reconciles), 0 on a standby.
     pub leader: IntGauge,
@@ -47,6 +47,14 @@ pub struct Metrics {
     pub leader_transitions: IntCounter,
     /// Chat requests a standby forwarded to the leader.
     pub forwarded: IntCounter,
+    /// MCP requests through the gateway and the chat bridge, by method (the MCP method
+    /// name; anything unknown as `other`) and result (`ok`, `error`, `denied`, `busy`,
+    /// `gone`, `timeout`, `cancelled`).
+    pub mcp_requests: IntCounterVec,
+    /// Duration of MCP requests through the gateway, by method.
+    pub mcp_duration: HistogramVec,
+    /// MCP clients connected to a session's gateway now (sessions plus open listen streams).
+    pub mcp_clients: IntGauge,
 }
 
 impl Default for Metrics {
@@ -150,11 +158,39 @@ impl Metrics {
         .expect("valid");
         let forwarded = IntCounter::new(
             "mcpo_forwarded_requests_total",
-            "Requests a standby forwarded to the leader (chat turns).",
+            "Requests a standby forwarded to the leader (chat turns, MCP).",
+        )
+        .expect("valid");
+        let mcp_requests = IntCounterVec::new(
+            Opts::new(
+                "mcpo_mcp_requests_total",
+                "MCP requests through the gateway, by method and result.",
+            ),
+            &["method", "result"],
+        )
+        .expect("valid metric");
+        let mcp_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mcpo_mcp_request_duration_seconds",
+                "Duration of MCP requests through the gateway.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        let mcp_clients = IntGauge::new(
+            "mcpo_mcp_clients",
+            "MCP clients connected to the gateway now.",
         )
         .expect("valid");
         for c in [
             Box::new(task_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(mcp_requests.clone()),
+            Box::new(mcp_duration.clone()),
+            Box::new(mcp_clients.clone()),
             Box::new(leader.clone()),
             Box::new(leader_term.clone()),
             Box::new(leader_transitions.clone()),
@@ -178,7 +214,7 @@ impl Metrics {
         for r in ["success", "error", "timeout", "panic"] {
             reconciles.with_label_values(&[r]);
         }
-        for k in ["watch", "wait", "chat"] {
+        for k in ["watch", "wait", "chat", "mcp"] {
             open_streams.with_label_values(&[k]);
         }
         Metrics {
@@ -201,6 +237,9 @@ impl Metrics {
             leader_term,
             leader_transitions,
             forwarded,
+            mcp_requests,
+            mcp_duration,
+            mcp_clients,
         }
     }
 

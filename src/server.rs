@@ -206,6 +206,22 @@ pub struct ServeArgs {
     /// Most chat turns streaming at once (429 beyond).
     #[arg(long, env = "MAX_CHATS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_chats: u32,
+    /// Most MCP gateway streams open at once: clients' GET streams and requests forwarded
+    /// to the leader (429 beyond).
+    #[arg(long, env = "MAX_MCP_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_mcp_streams: u32,
+    /// Most MCP requests in flight per session, gateway clients and chat together (a
+    /// JSON-RPC error beyond).
+    #[arg(long, env = "MCP_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub mcp_max_in_flight: u32,
+    /// Largest MCP request body through the gateway, in bytes (413 beyond).
+    #[arg(long, env = "MCP_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..=64 * 1024 * 1024))]
+    pub mcp_max_request_bytes: u32,
+    /// Browser origins allowed to use the MCP gateway (`scheme://host:port`, `:*` for any
+    /// port; comma-separated). A request with another `Origin` header gets 403; clients
+    /// that send none (every non-browser client) are not affected.
+    #[arg(long, env = "MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub mcp_allowed_origins: Vec<String>,
     /// A request's headers must arrive within this, or the connection is closed.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = http_timeout)]
     pub header_timeout: Duration,
@@ -433,12 +449,29 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     if !gemini.has_api_key() {
         tracing::warn!("GOOGLE_API_KEY is not set: chat requests will be refused");
     }
+    let pool = Arc::new(
+        crate::mcp::upstream::McpPool::new(runtime.clone(), a.mcp_call_timeout)
+            .with_max_in_flight(a.mcp_max_in_flight as usize)
+            .with_client_gauge(metrics.mcp_clients.clone())
+            .with_gate({
+                let leadership = leadership.clone();
+                move || leadership.is_leader()
+            }),
+    );
+    let gateway = Arc::new(crate::mcp::gateway::Gateway::new(
+        store.clone(),
+        pool.clone(),
+        metrics.clone(),
+        crate::mcp::gateway::GatewayConfig {
+            max_request_bytes: a.mcp_max_request_bytes as usize,
+            allowed_origins: a.mcp_allowed_origins.clone(),
+            loopback_hosts_only: token.is_none(),
+        },
+        shutdown.clone(),
+    ));
     let chat = Arc::new(crate::chat::service::ChatService::new(
         store.clone(),
-        crate::chat::mcp::McpPool::new(runtime.clone(), a.mcp_call_timeout).with_gate({
-            let leadership = leadership.clone();
-            move || leadership.is_leader()
-        }),
+        pool,
         gemini,
         crate::chat::history::History::new(
             store.clone(),
@@ -463,13 +496,15 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
             max_watches: a.max_watches as usize,
             max_waits: a.max_waits as usize,
             max_chats: a.max_chats as usize,
+            max_mcp_streams: a.max_mcp_streams as usize,
             header_read_timeout: a.header_timeout,
             body_read_timeout: a.body_timeout,
             shutdown_grace: a.shutdown_grace,
         },
     )
     .with_published_policy(published.clone())
-    .with_chat(chat.clone());
+    .with_chat(chat.clone())
+    .with_gateway(gateway);
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     let signals = {
         let shutdown = shutdown.clone();

@@ -27,7 +27,8 @@ use super::gemini::{
     StreamMerger,
 };
 use super::history::History;
-use super::mcp::{McpConn, McpError, McpPool};
+use crate::mcp::McpError;
+use crate::mcp::upstream::{McpConn, McpPool};
 use super::schema::{self, Declarations, ToolSpec};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
@@ -143,7 +144,7 @@ pub struct Prepared {
 /// The chat service: shared by every request.
 pub struct ChatService {
     store: Store,
-    pool: McpPool,
+    pool: Arc<McpPool>,
     gemini: Gemini,
     history: History,
     config: ChatConfig,
@@ -169,7 +170,7 @@ impl ChatService {
     /// A service over these parts.
     pub fn new(
         store: Store,
-        pool: McpPool,
+        pool: Arc<McpPool>,
         gemini: Gemini,
         history: History,
         config: ChatConfig,
@@ -229,13 +230,9 @@ impl ChatService {
             return Err(ChatError::NoApiKey);
         }
         let conn = self.pool.get(name, &container).await?;
-        let listed = match conn.list_tools().await {
-            Ok(t) => t,
-            Err(e) => {
-                self.pool.forget(name).await;
-                return Err(e.into());
-            }
-        };
+        let listed = conn.list_tools().await?;
+        // The session's MCP policy (what any client may use), narrowed by the chat's own.
+        let policy = session.spec.mcp_tools();
         let filter = session
             .spec
             .chat
@@ -244,7 +241,7 @@ impl ChatService {
             .unwrap_or_default();
         let specs: Vec<ToolSpec> = listed
             .iter()
-            .filter(|t| filter.allows(&t.name))
+            .filter(|t| policy.allows(&t.name) && filter.allows(&t.name))
             .map(ToolSpec::from)
             .collect();
         let tools = schema::declarations(&specs);
@@ -392,12 +389,9 @@ impl ChatService {
                         r.structured_content.clone(),
                     )
                 }
-                Err(e) => {
-                    if matches!(e, McpError::Gone(_) | McpError::Timeout { .. }) {
-                        self.pool.forget(&p.session.metadata.name).await;
-                    }
-                    (true, e.to_string(), None)
-                }
+                // The upstream is shared with the gateway's clients: a timed-out call was
+                // cancelled upstream, a dead one is replaced on next use; never closed here.
+                Err(e) => (true, e.to_string(), None),
             },
         };
         info!(session = %p.session.metadata.name, tool = %shown, is_error, "tool called");

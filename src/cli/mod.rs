@@ -285,6 +285,14 @@ enum Command {
         /// The message; read lines from stdin when omitted.
         message: Option<String>,
     },
+    /// Serve the session's sandbox tools as a stdio MCP server, for MCP clients configured
+    /// with a command (proxies to the session's gateway of a running `serve`:
+    /// `--server`/`ORCHESTRATOR_URL`, default `http://127.0.0.1:$PORT`, with
+    /// `ORCHESTRATOR_TOKEN`). Logs go to stderr; stdout carries only MCP.
+    Mcp {
+        /// Session name.
+        name: String,
+    },
 }
 
 /// `chaos` options.
@@ -496,6 +504,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck => admin::healthcheck(g).await,
         Command::Chaos(a) => admin::chaos(g, a).await,
         Command::Chat { name, message } => chat::chat(g, &name, message).await,
+        Command::Mcp { name } => chat::mcp(g, &name).await,
         Command::Foreign { remove, containers } => admin::foreign(g, remove, &containers).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;

@@ -178,13 +178,10 @@ fn bounds(session: &Session, r: &mut Report) {
                 limits::MAX_SYSTEM_INSTRUCTION_BYTES,
             );
         }
-        for (name, list) in [("allow", &chat.tools.allow), ("deny", &chat.tools.deny)] {
-            let path = format!("spec.chat.tools.{name}");
-            r.count(&path, list.len(), limits::MAX_TOOL_PATTERNS);
-            for (i, p) in list.iter().enumerate() {
-                r.len(&format!("{path}[{i}]"), p, limits::MAX_TOOL_PATTERN_BYTES);
-            }
-        }
+        tool_filter(r, "spec.chat.tools", &chat.tools);
+    }
+    if let Some(mcp) = &spec.mcp {
+        tool_filter(r, "spec.mcp.tools", &mcp.tools);
     }
     if limits::json_size(session, limits::MAX_OBJECT_BYTES).is_none() {
         r.bad(
@@ -199,6 +196,17 @@ fn bounds(session: &Session, r: &mut Report) {
 }
 
 /// A map key as it appears in a field path: escaped and cut.
+/// Bounds of one tool filter (`spec.chat.tools`, `spec.mcp.tools`).
+fn tool_filter(r: &mut Report, at: &str, f: &crate::domain::resource::ToolFilter) {
+    for (name, list) in [("allow", &f.allow), ("deny", &f.deny)] {
+        let path = format!("{at}.{name}");
+        r.count(&path, list.len(), limits::MAX_TOOL_PATTERNS);
+        for (i, p) in list.iter().enumerate() {
+            r.len(&format!("{path}[{i}]"), p, limits::MAX_TOOL_PATTERN_BYTES);
+        }
+    }
+}
+
 fn escape_key(k: &str) -> String {
     limits::escape_max(k, limits::MAX_ECHO_CHARS)
 }

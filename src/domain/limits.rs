@@ -77,7 +77,7 @@ pub const MIN_PIDS: i64 = 1;
 pub const MAX_MODEL_BYTES: usize = 128;
 /// Longest `spec.chat.systemInstruction`.
 pub const MAX_SYSTEM_INSTRUCTION_BYTES: usize = 64 * 1024;
-/// Most patterns in each of `spec.chat.tools.allow` and `spec.chat.tools.deny`.
+/// Most patterns in each allow or deny list of a tool filter (`spec.chat.tools`, `spec.mcp.tools`).
 pub const MAX_TOOL_PATTERNS: usize = 256;
 /// Longest tool pattern.
 pub const MAX_TOOL_PATTERN_BYTES: usize = 128;

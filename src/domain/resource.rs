@@ -102,6 +102,29 @@ pub struct SessionSpec {
     /// not touch the sandbox, so changing them never recreates the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatSpec>,
+    /// MCP gateway settings: which tools any MCP client (and the chat) may see and call.
+    /// They do not touch the sandbox either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpSpec>,
+}
+
+/// Per-session MCP gateway settings.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpSpec {
+    /// Which tools MCP clients see in `tools/list` and may call; the chat's own
+    /// `spec.chat.tools` narrows this further for the model.
+    #[serde(default, skip_serializing_if = "ToolFilter::is_empty")]
+    pub tools: ToolFilter,
+}
+
+impl SessionSpec {
+    /// The tool policy every MCP client of the session gets (`spec.mcp.tools`).
+    pub fn mcp_tools(&self) -> ToolFilter {
+        self.mcp.as_ref().map(|m| m.tools.clone()).unwrap_or_default()
+    }
 }
 
 /// Per-session chat settings.
@@ -122,6 +145,8 @@ pub struct ChatSpec {
 }
 
 /// Tool allow/deny lists (`*` wildcards). Empty `allow` allows every tool; `deny` wins.
+/// The one tool filter: the chat (`spec.chat.tools`) and the MCP gateway
+/// (`spec.mcp.tools`) both use it.
 #[derive(
     Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema,
 )]

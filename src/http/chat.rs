@@ -99,7 +99,16 @@ pub(super) async fn chat(
     let bytes = super::sessions::body(b)?;
     // Only the leader talks to sandboxes: a standby passes the turn on, streaming.
     let path = ["api", "v1", "sessions", &name, "chat"];
-    if let Some(answer) = super::forward::to_leader(&st, &path, &headers, bytes.clone()).await? {
+    let hop = super::forward::Hop {
+        method: axum::http::Method::POST,
+        segments: &path,
+        headers: &headers,
+        pass: &super::forward::CHAT_PASS,
+        back: &super::forward::CHAT_BACK,
+        body: bytes.clone(),
+        kind: StreamKind::Chat,
+    };
+    if let Some(answer) = super::forward::to_leader(&st, hop).await? {
         return Ok(answer);
     }
     let ct = super::sessions::content_type(&headers);

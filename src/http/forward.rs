@@ -1,5 +1,6 @@
 //! Forwarding to the leader: only the leader talks to sandboxes (one attach per container's
-//! stdio), so a standby that receives a chat turn passes the request on to the address the
+//! stdio), so a standby that receives a chat turn or an MCP gateway request passes it on to
+//! the address the
 //! leader published ([`crate::replica::Leadership::leader_address`]) and streams the answer
 //! back as it comes. A forwarded request carries [`FORWARDED`]; a replica that gets one
 //! while not leading answers 503 instead of forwarding again, so a request never loops
@@ -8,7 +9,7 @@
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::Response;
 
 use super::limits::StreamKind;
@@ -35,15 +36,45 @@ fn unavailable(reason: &str, message: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason, message).with_retry_after(1)
 }
 
-/// On a standby, forward `body` to the leader's path made of `segments` (each
-/// percent-encoded here) and return its answer; `None` on the leader itself (or without
-/// leader election), where the caller handles the request.
-pub(super) async fn to_leader(
-    st: &AppState,
-    segments: &[&str],
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Option<Response>, ApiError> {
+/// One request to pass on to the leader.
+pub(super) struct Hop<'a> {
+    /// Its method.
+    pub method: Method,
+    /// The path, as segments (each percent-encoded here).
+    pub segments: &'a [&'a str],
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// Which of them go on (besides `Authorization`).
+    pub pass: &'a [HeaderName],
+    /// Which headers of the leader's answer come back.
+    pub back: &'a [HeaderName],
+    /// The body.
+    pub body: Bytes,
+    /// The stream cap it counts against while its answer streams.
+    pub kind: StreamKind,
+}
+
+/// The headers a chat turn passes on and gets back.
+pub(super) const CHAT_PASS: [HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
+/// The headers of a chat turn's answer passed back.
+pub(super) const CHAT_BACK: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+];
+
+/// On a standby, pass `hop` on to the leader and return its answer; `None` on the leader
+/// itself (or without leader election), where the caller handles the request.
+pub(super) async fn to_leader(st: &AppState, hop: Hop<'_>) -> Result<Option<Response>, ApiError> {
+    let Hop {
+        method,
+        segments,
+        headers,
+        pass,
+        back,
+        body,
+        kind,
+    } = hop;
     let Some(leadership) = &st.inner.leadership else {
         return Ok(None);
     };
@@ -81,15 +112,15 @@ pub(super) async fn to_leader(
             ));
         }
     }
-    let permit = st.inner.streams.acquire(StreamKind::Chat)?;
+    let permit = st.inner.streams.acquire(kind)?;
     let mut req = st
         .inner
         .forwarder
-        .post(url)
+        .request(method, url)
         .header(FORWARDED, leadership.id())
         .body(body);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT] {
-        if let Some(v) = headers.get(&name) {
+    for name in std::iter::once(&header::AUTHORIZATION).chain(pass) {
+        for v in headers.get_all(name) {
             req = req.header(name, v);
         }
     }
@@ -112,12 +143,8 @@ pub(super) async fn to_leader(
         ));
     }
     let mut out = Response::builder().status(answer.status().as_u16());
-    for name in [
-        header::CONTENT_TYPE,
-        header::CACHE_CONTROL,
-        header::RETRY_AFTER,
-    ] {
-        if let Some(v) = answer.headers().get(&name) {
+    for name in back {
+        if let Some(v) = answer.headers().get(name) {
             out = out.header(name, v);
         }
     }

@@ -1,4 +1,4 @@
-//! Server resources: caps on concurrent long-lived streams (watch, wait, chat), the upper
+//! Server resources: caps on concurrent long-lived streams (watch, wait, chat, MCP), the upper
 //! bound on durations taken from a request, and the supervision of the API's background
 //! tasks.
 
@@ -28,6 +28,8 @@ pub struct Limits {
     pub max_waits: usize,
     /// Most chat turns streaming at once.
     pub max_chats: usize,
+    /// Most MCP gateway streams open at once (clients' GET streams, forwarded requests).
+    pub max_mcp_streams: usize,
     /// A request's headers must arrive within this (the connection is closed otherwise).
     pub header_read_timeout: Duration,
     /// Each piece of a request body must arrive within this (408 otherwise).
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_watches: 256,
             max_waits: 256,
             max_chats: 64,
+            max_mcp_streams: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
@@ -58,6 +61,8 @@ pub(crate) enum StreamKind {
     Wait,
     /// A chat turn.
     Chat,
+    /// An MCP gateway stream.
+    Mcp,
 }
 
 impl StreamKind {
@@ -66,6 +71,7 @@ impl StreamKind {
             StreamKind::Watch => "watch",
             StreamKind::Wait => "wait",
             StreamKind::Chat => "chat",
+            StreamKind::Mcp => "mcp",
         }
     }
 }
@@ -75,6 +81,7 @@ pub(crate) struct Streams {
     watch: Arc<Semaphore>,
     wait: Arc<Semaphore>,
     chat: Arc<Semaphore>,
+    mcp: Arc<Semaphore>,
     limits: Limits,
     metrics: Metrics,
 }
@@ -97,6 +104,7 @@ impl Streams {
             watch: Arc::new(Semaphore::new(limits.max_watches)),
             wait: Arc::new(Semaphore::new(limits.max_waits)),
             chat: Arc::new(Semaphore::new(limits.max_chats)),
+            mcp: Arc::new(Semaphore::new(limits.max_mcp_streams)),
             limits,
             metrics,
         }
@@ -113,6 +121,7 @@ impl Streams {
             StreamKind::Watch => (&self.watch, self.limits.max_watches),
             StreamKind::Wait => (&self.wait, self.limits.max_waits),
             StreamKind::Chat => (&self.chat, self.limits.max_chats),
+            StreamKind::Mcp => (&self.mcp, self.limits.max_mcp_streams),
         };
         let permit = sem.clone().try_acquire_owned().map_err(|_| {
             ApiError::new(

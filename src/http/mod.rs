@@ -9,6 +9,7 @@ mod chat;
 mod error;
 mod forward;
 mod limits;
+mod mcp;
 mod openapi;
 mod sessions;
 
@@ -60,6 +61,7 @@ struct Inner {
     /// Forwards what must run on the leader (see [`forward`]).
     forwarder: reqwest::Client,
     chat: std::sync::OnceLock<Arc<crate::chat::service::ChatService>>,
+    gateway: std::sync::OnceLock<Arc<crate::mcp::gateway::Gateway>>,
     published: std::sync::OnceLock<PublishedPolicy>,
     streams: limits::Streams,
 }
@@ -75,6 +77,12 @@ impl AppState {
     /// Enable the chat routes with this service.
     pub fn with_chat(self, chat: Arc<crate::chat::service::ChatService>) -> AppState {
         let _ = self.inner.chat.set(chat);
+        self
+    }
+
+    /// Enable the MCP gateway (`/api/v1/sessions/{name}/mcp`) with this gateway.
+    pub fn with_gateway(self, gateway: Arc<crate::mcp::gateway::Gateway>) -> AppState {
+        let _ = self.inner.gateway.set(gateway);
         self
     }
 
@@ -105,6 +113,7 @@ impl AppState {
                 shutdown,
                 forwarder: forward::client(),
                 chat: std::sync::OnceLock::new(),
+                gateway: std::sync::OnceLock::new(),
                 published: std::sync::OnceLock::new(),
             }),
         }
@@ -160,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     let body_timeout = state.inner.streams.limits().body_read_timeout;
     let api = sessions::routes()
         .merge(chat::routes())
+        .merge(mcp::routes())
         .route("/metrics", get(metrics))
         .route("/api/v1/policy", get(policy))
         .layer(middleware::from_fn_with_state(state.clone(), auth));

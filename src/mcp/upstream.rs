@@ -1,5 +1,6 @@
-//! The MCP bridge: an rmcp client talking to the MCP server inside a session's sandbox over
-//! the container's stdio, through the Docker attach API (the sandbox has no network).
+//! The upstream side: an rmcp client talking to the MCP server inside a session's sandbox
+//! over the container's stdio, through the Docker attach API (the sandbox has no network).
+//! The chat bridge and the gateway share it: one upstream conversation per container.
 //!
 //! - attach with stdin, stdout and stderr, `stream` on and `logs` off, so output written
 //!   before we attached is never replayed into the protocol stream;
@@ -13,7 +14,11 @@
 //!   lookup, attach + initialize run under the container's lock with a timeout, so a stuck
 //!   sandbox delays only its own session; a timed-out attempt is dropped (its attach stream
 //!   closed, its pump aborted) before the lock is released, and a connection is closed before
-//!   it is replaced — never two live attaches to one container.
+//!   it is replaced — never two live attaches to one container;
+//! - the upstream server's notifications go to the session's [`Hub`] (progress to the
+//!   client that asked, list changes to every client); when a container is replaced, the
+//!   new connection is initialized by the gateway itself and every client is told to
+//!   re-list its tools.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,58 +27,74 @@ use std::time::Duration;
 use bollard::container::LogOutput;
 use bollard::query_parameters::AttachContainerOptions;
 use futures::StreamExt;
-use rmcp::ServiceExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation, Tool,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProgressNotificationParam,
+    PromptListChangedNotification, ResourceListChangedNotification, ServerNotification, Tool,
+    ToolListChangedNotification,
 };
-use rmcp::service::{RoleClient, RunningService};
+use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
+use rmcp::{ClientHandler, ServiceExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
+use super::McpError;
+use super::hub::Hub;
 use crate::runtime::Runtime;
 
-/// Bridge failures.
-#[derive(Debug, thiserror::Error)]
-pub enum McpError {
-    /// Attaching to the container failed (it is gone or not running).
-    #[error("cannot attach to the sandbox {container}: {source}")]
-    Attach {
-        /// Container id.
-        container: String,
-        /// The Docker error.
-        #[source]
-        source: bollard::errors::Error,
-    },
-    /// The MCP handshake failed.
-    #[error("the sandbox's MCP server did not complete initialize: {0}")]
-    Handshake(String),
-    /// A call took too long.
-    #[error("the sandbox did not answer {what} within {secs}s")]
-    Timeout {
-        /// Which request.
-        what: String,
-        /// The limit.
-        secs: u64,
-    },
-    /// This replica no longer leads: the leader talks to sandboxes.
-    #[error("this replica no longer leads; retry (the leader serves chat turns)")]
-    NotLeader,
-    /// The sandbox went away mid-conversation.
-    #[error("the sandbox is gone (its container stopped or was replaced): {0}")]
-    Gone(String),
-    /// The server answered with a JSON-RPC error.
-    #[error("the MCP server refused {what}: {message}")]
-    Refused {
-        /// Which request.
-        what: String,
-        /// Its error message.
-        message: String,
-    },
+/// The upstream connection's client handler: hands the server's notifications to the
+/// session's hub. It declares no client capabilities (no sampling, roots or elicitation:
+/// a shared upstream cannot tell which client would answer), so the server asks none.
+pub struct Relay {
+    hub: Arc<Hub>,
 }
 
-type Client = RunningService<RoleClient, ClientConfig>;
+impl Relay {
+    /// A relay into `hub`.
+    pub fn new(hub: Arc<Hub>) -> Relay {
+        Relay { hub }
+    }
+}
+
+impl ClientHandler for Relay {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-orchestrator", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.hub.route_progress(params);
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        let n = ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default());
+        self.hub.broadcast(n);
+    }
+
+    async fn on_prompt_list_changed(&self, _: NotificationContext<RoleClient>) {
+        let n = ServerNotification::PromptListChangedNotification(
+            PromptListChangedNotification::default(),
+        );
+        self.hub.broadcast(n);
+    }
+
+    async fn on_resource_list_changed(&self, _: NotificationContext<RoleClient>) {
+        let n = ServerNotification::ResourceListChangedNotification(
+            ResourceListChangedNotification::default(),
+        );
+        self.hub.broadcast(n);
+    }
+}
+
+type Client = RunningService<RoleClient, Relay>;
 
 /// One live MCP connection to one container.
 pub struct McpConn {
@@ -97,6 +118,16 @@ impl McpConn {
     /// The container this connection talks to.
     pub fn container_id(&self) -> &str {
         &self.container_id
+    }
+
+    /// The upstream peer: send any client request to the sandbox's server.
+    pub fn peer(&self) -> &Peer<RoleClient> {
+        self.client.peer()
+    }
+
+    /// The call timeout of this connection.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Is the transport still open?
@@ -140,11 +171,12 @@ impl McpConn {
     }
 }
 
-/// Attach to `container_id` and run the MCP handshake.
+/// Attach to `container_id` and run the MCP handshake; notifications go to `hub`.
 pub async fn connect(
     runtime: &Runtime,
     container_id: &str,
     timeout: Duration,
+    hub: Arc<Hub>,
 ) -> Result<McpConn, McpError> {
     let attached = runtime
         .docker()
@@ -191,11 +223,8 @@ pub async fn connect(
         }
         // Dropping `feed` gives the client EOF: the transport closes.
     }));
-    let config = ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("mcp-orchestrator", env!("CARGO_PKG_VERSION")),
-    );
-    let client = match tokio::time::timeout(timeout, config.serve((reader, attached.input))).await {
+    let relay = Relay { hub };
+    let client = match tokio::time::timeout(timeout, relay.serve((reader, attached.input))).await {
         Err(_) => {
             return Err(McpError::Timeout {
                 what: "initialize".into(),
@@ -214,6 +243,9 @@ pub async fn connect(
     })
 }
 
+/// Default most requests in flight per session.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
 /// The connection slot of one container; its lock serialises attaches to that container.
 type Slot = Arc<Mutex<Option<Arc<McpConn>>>>;
 
@@ -225,6 +257,12 @@ pub struct McpPool {
     gate: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// session → (its container id, that container's slot). Locked only for lookups.
     slots: std::sync::Mutex<HashMap<String, (String, Slot)>>,
+    /// session → its hub (clients and notification routes; outlives containers).
+    hubs: std::sync::Mutex<HashMap<String, Arc<Hub>>>,
+    /// Most requests in flight per session (the hubs' limit).
+    max_in_flight: usize,
+    /// Counts connected clients across hubs.
+    clients: Option<prometheus::IntGauge>,
 }
 
 /// Close whatever connection `slot` holds, without waiting for an attach in progress on it
@@ -254,7 +292,54 @@ impl McpPool {
             timeout,
             gate: None,
             slots: std::sync::Mutex::new(HashMap::new()),
+            hubs: std::sync::Mutex::new(HashMap::new()),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            clients: None,
         }
+    }
+
+    /// Admit at most `n` requests in flight per session (gateway clients and chat alike).
+    pub fn with_max_in_flight(mut self, n: usize) -> McpPool {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Count connected clients in `gauge`.
+    pub fn with_client_gauge(mut self, gauge: prometheus::IntGauge) -> McpPool {
+        self.clients = Some(gauge);
+        self
+    }
+
+    /// The call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The hub of `session` (made on first use; kept until [`McpPool::drop_session`]).
+    pub fn hub(&self, session: &str) -> Arc<Hub> {
+        self.hubs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(session.to_string())
+            .or_insert_with(|| Hub::new(session, self.max_in_flight, self.clients.clone()))
+            .clone()
+    }
+
+    /// Forget everything about `session` (it was deleted): its connection is closed and its
+    /// hub dropped once no client holds it.
+    pub fn drop_session(&self, session: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+        if let Some((_, slot)) = slot {
+            close_slot(slot);
+        }
+        self.hubs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
     }
 
     /// The slot of `session`'s `container_id`; a slot of a previous container of the
@@ -302,9 +387,10 @@ impl McpPool {
         }
         // On timeout the whole attempt is dropped here, under the lock: its attach stream
         // closes and its pump is aborted before anyone can retry.
+        let hub = self.hub(session);
         let fresh = tokio::time::timeout(
             self.timeout,
-            connect(&self.runtime, container_id, self.timeout),
+            connect(&self.runtime, container_id, self.timeout, hub.clone()),
         )
         .await
         .map_err(|_| McpError::Timeout {
@@ -313,6 +399,17 @@ impl McpPool {
         })??;
         let fresh = Arc::new(fresh);
         *conn = Some(fresh.clone());
+        if let Some(info) = fresh.peer().peer_info() {
+            // A later upstream (the sandbox was recreated, or its server restarted): the
+            // tools may differ, so every client is told to re-list.
+            let reconnected = hub.capabilities().is_some();
+            hub.set_capabilities(info.capabilities.clone());
+            if reconnected {
+                hub.broadcast(ServerNotification::ToolListChangedNotification(
+                    ToolListChangedNotification::default(),
+                ));
+            }
+        }
         Ok(fresh)
     }
 

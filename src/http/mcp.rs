@@ -1,0 +1,206 @@
+//! `/api/v1/sessions/{name}/mcp`: the MCP gateway's Streamable HTTP endpoint.
+//!
+//! Before rmcp's transport sees a request, this layer (behind the same bearer auth as the
+//! rest of `/api`): passes it on to the leader when this replica is a standby (only the
+//! leader attaches to sandboxes); answers a missing session with 404, a session whose
+//! sandbox does not run with 503 + `Retry-After` (on its way: Pending, Creating, BackOff)
+//! or 409 (Succeeded, Failed, Terminating) — each with a JSON-RPC error body; caps open
+//! GET streams. Errors rmcp answers in plain text (a bad `MCP-Protocol-Version`, a refused
+//! `Origin`, a body over the limit) get a JSON-RPC error body too.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::AppState;
+use super::forward::{Hop, to_leader};
+use super::limits::StreamKind;
+use crate::mcp::gateway::{Unreachable, resolve};
+
+const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The headers an MCP request passes on to the leader.
+const PASS: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ORIGIN,
+    SESSION_ID,
+    PROTOCOL_VERSION,
+    LAST_EVENT_ID,
+];
+/// The headers of the leader's answer passed back.
+const BACK: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
+    header::ALLOW,
+    SESSION_ID,
+    PROTOCOL_VERSION,
+];
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/sessions/{name}/mcp", any(mcp))
+}
+
+/// An HTTP error with a JSON-RPC error body (`id` null: it answers no particular request).
+fn jsonrpc_error(status: StatusCode, code: i32, message: String, data: Value) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": code, "message": message, "data": data},
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn unreachable(e: Unreachable) -> Response {
+    let status = match &e {
+        Unreachable::NotFound(_) => StatusCode::NOT_FOUND,
+        Unreachable::NotRunning { .. } if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        Unreachable::NotRunning { .. } => StatusCode::CONFLICT,
+        Unreachable::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let err = e.to_jsonrpc();
+    let mut r = jsonrpc_error(
+        status,
+        err.code.0,
+        err.message.to_string(),
+        err.data.unwrap_or(Value::Null),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Give a plain-text error answer of rmcp's transport a JSON-RPC error body.
+async fn as_jsonrpc(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        text
+    };
+    // -32600: the request as a whole was refused (JSON-RPC "invalid request").
+    let mut out = jsonrpc_error(
+        status,
+        -32600,
+        message,
+        json!({"httpStatus": status.as_u16()}),
+    );
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// `GET`, `POST` and `DELETE` of one session's MCP endpoint (see the module docs).
+async fn mcp(State(st): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
+    let Some(gateway) = st.inner.gateway.get().cloned() else {
+        return jsonrpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::mcp::codes::SANDBOX_UNAVAILABLE,
+            "the MCP gateway is not enabled on this server".into(),
+            json!({"reason": "GatewayDisabled"}),
+        );
+    };
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::POST | Method::DELETE) {
+        let mut r = jsonrpc_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            -32600,
+            format!("{method} is not allowed here (GET, POST or DELETE)"),
+            json!({"httpStatus": 405}),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return r;
+    }
+    let (parts, body) = req.into_parts();
+    // Bounded here too: a standby buffers what it forwards.
+    let limit = gateway.max_request_bytes();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            return jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                format!("the request body is larger than {limit} bytes, or could not be read: {e}"),
+                json!({"httpStatus": 413, "limit": limit}),
+            );
+        }
+    };
+    let path = ["api", "v1", "sessions", name.as_str(), "mcp"];
+    let hop = Hop {
+        method: method.clone(),
+        segments: &path,
+        headers: &parts.headers,
+        pass: &PASS,
+        back: &BACK,
+        body: bytes.clone(),
+        kind: StreamKind::Mcp,
+    };
+    match to_leader(&st, hop).await {
+        Ok(Some(answer)) => return as_jsonrpc(answer).await,
+        Ok(None) => {}
+        Err(e) => return as_jsonrpc(e.into_response()).await,
+    }
+    match resolve(gateway.store(), &name).await {
+        Ok(_) => {}
+        Err(Unreachable::NotRunning { .. }) if method == Method::DELETE => {}
+        Err(e) => {
+            if matches!(e, Unreachable::NotFound(_)) {
+                gateway.forget(&name);
+            }
+            return unreachable(e);
+        }
+    }
+    // A client's GET stream lives long: it counts against the MCP stream cap.
+    let permit = if method == Method::GET {
+        match st.inner.streams.acquire(StreamKind::Mcp) {
+            Ok(p) => Some(p),
+            Err(e) => return as_jsonrpc(e.into_response()).await,
+        }
+    } else {
+        None
+    };
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let answer = match gateway.service(&name).oneshot(req).await {
+        Ok(a) => a.map(Body::new),
+        Err(never) => match never {},
+    };
+    let answer = as_jsonrpc(answer).await;
+    match permit {
+        None => answer,
+        Some(permit) => {
+            let (parts, body) = answer.into_parts();
+            let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+                let _held = &permit;
+                chunk
+            });
+            Response::from_parts(parts, Body::from_stream(stream))
+        }
+    }
+}
