@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcp_orchestrator::chat::mcp::{McpError, McpPool};
+use mcp_orchestrator::mcp::McpError;
+use mcp_orchestrator::mcp::upstream::McpPool;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);

@@ -27,11 +27,11 @@ use super::gemini::{
     StreamMerger,
 };
 use super::history::History;
-use crate::mcp::McpError;
-use crate::mcp::upstream::{McpConn, McpPool};
 use super::schema::{self, Declarations, ToolSpec};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
+use crate::mcp::McpError;
+use crate::mcp::upstream::{McpConn, McpPool};
 use crate::store::{Store, StoreError};
 
 /// Why a chat could not start.

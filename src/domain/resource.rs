@@ -123,7 +123,10 @@ pub struct McpSpec {
 impl SessionSpec {
     /// The tool policy every MCP client of the session gets (`spec.mcp.tools`).
     pub fn mcp_tools(&self) -> ToolFilter {
-        self.mcp.as_ref().map(|m| m.tools.clone()).unwrap_or_default()
+        self.mcp
+            .as_ref()
+            .map(|m| m.tools.clone())
+            .unwrap_or_default()
     }
 }
 

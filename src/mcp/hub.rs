@@ -133,9 +133,7 @@ impl Hub {
     }
 
     /// Register a `subscriptions/listen` stream: broadcasts arrive on the receiver.
-    pub fn register_stream(
-        self: &Arc<Self>,
-    ) -> (Registration, mpsc::Receiver<ServerNotification>) {
+    pub fn register_stream(self: &Arc<Self>) -> (Registration, mpsc::Receiver<ServerNotification>) {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         (self.register(Listener::Stream(tx)), rx)
     }

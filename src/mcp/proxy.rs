@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest,
-    CompleteRequest, CompleteRequestParams, CompleteResult, DiscoverResult, ErrorCode, ErrorData,
-    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation,
-    InitializeRequestParams, InitializeResult, ListPromptsRequest, ListPromptsResult,
-    ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
-    ListResourcesResult, ListToolsRequest, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig, ServerResult, SubscriptionFilter,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientRequest, CompleteRequest,
+    CompleteRequestParams, CompleteResult, DiscoverResult, ErrorCode, ErrorData, GetPromptRequest,
+    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeRequestParams,
+    InitializeResult, ListPromptsRequest, ListPromptsResult, ListResourceTemplatesRequest,
+    ListResourceTemplatesResult, ListResourcesRequest, ListResourcesResult, ListToolsRequest,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, RoleServer,
@@ -248,9 +247,10 @@ fn paginated(p: Option<PaginatedRequestParams>) -> Option<PaginatedRequestParams
 
 impl ServerHandler for ProxyHandler {
     fn get_info(&self) -> ServerConfig {
-        let mut caps = self.hub.capabilities().unwrap_or_else(|| {
-            ServerCapabilities::builder().enable_tools().build()
-        });
+        let mut caps = self
+            .hub
+            .capabilities()
+            .unwrap_or_else(|| ServerCapabilities::builder().enable_tools().build());
         // The gateway itself announces tool list changes (a recreated sandbox), so clients
         // may rely on them whatever the server declares.
         let mut tools = caps.tools.take().unwrap_or_default();
@@ -291,10 +291,7 @@ impl ServerHandler for ProxyHandler {
         *self.registration.lock().unwrap_or_else(|e| e.into_inner()) = Some(reg);
     }
 
-    async fn discover(
-        &self,
-        _: RequestContext<RoleServer>,
-    ) -> Result<DiscoverResult, ErrorData> {
+    async fn discover(&self, _: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
         let started = Instant::now();
         let r = self.upstream.link().await;
         self.observe(
@@ -378,7 +375,9 @@ impl ServerHandler for ProxyHandler {
                     return Err(not_allowed(&session, &request.name));
                 }
                 request.meta = None;
-                Ok(ClientRequest::CallToolRequest(CallToolRequest::new(request)))
+                Ok(ClientRequest::CallToolRequest(CallToolRequest::new(
+                    request,
+                )))
             },
             |r, _| match r {
                 ServerResult::CallToolResult(r) => Some(CallToolResponse::Complete(r)),
@@ -420,7 +419,9 @@ impl ServerHandler for ProxyHandler {
             &context,
             |_| {
                 request.meta = None;
-                Ok(ClientRequest::GetPromptRequest(GetPromptRequest::new(request)))
+                Ok(ClientRequest::GetPromptRequest(GetPromptRequest::new(
+                    request,
+                )))
             },
             |r, _| match r {
                 ServerResult::GetPromptResult(r) => Some(r.into()),
@@ -486,9 +487,9 @@ impl ServerHandler for ProxyHandler {
             &context,
             |_| {
                 request.meta = None;
-                Ok(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(
-                    request,
-                )))
+                Ok(ClientRequest::ReadResourceRequest(
+                    ReadResourceRequest::new(request),
+                ))
             },
             |r, _| match r {
                 ServerResult::ReadResourceResult(r) => Some(r.into()),
@@ -508,7 +509,9 @@ impl ServerHandler for ProxyHandler {
             &context,
             |_| {
                 request.meta = None;
-                Ok(ClientRequest::CompleteRequest(CompleteRequest::new(request)))
+                Ok(ClientRequest::CompleteRequest(CompleteRequest::new(
+                    request,
+                )))
             },
             |r, _| match r {
                 ServerResult::CompleteResult(r) => Some(r),
@@ -517,5 +520,4 @@ impl ServerHandler for ProxyHandler {
         )
         .await
     }
-
 }

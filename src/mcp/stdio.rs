@@ -63,7 +63,10 @@ impl GatewayUpstream {
             .map_err(|e| {
                 ErrorData::new(
                     ErrorCode(codes::SANDBOX_UNAVAILABLE),
-                    format!("cannot reach the session's MCP gateway at {}: {e}", self.url),
+                    format!(
+                        "cannot reach the session's MCP gateway at {}: {e}",
+                        self.url
+                    ),
                     Some(json!({"reason": "GatewayUnreachable", "url": self.url})),
                 )
             })

@@ -29,9 +29,8 @@ use bollard::query_parameters::AttachContainerOptions;
 use futures::StreamExt;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProgressNotificationParam,
-    PromptListChangedNotification, ResourceListChangedNotification, ServerNotification, Tool,
-    ToolListChangedNotification,
+    ProgressNotificationParam, PromptListChangedNotification, ResourceListChangedNotification,
+    ServerNotification, Tool, ToolListChangedNotification,
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
@@ -75,7 +74,8 @@ impl ClientHandler for Relay {
     }
 
     async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
-        let n = ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default());
+        let n =
+            ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default());
         self.hub.broadcast(n);
     }
 
