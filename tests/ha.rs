@@ -1,5 +1,5 @@
 //! Several replicas of `serve` on one instance, Redis and engine: one leader reconciles,
-//! standbys serve the API and forward chat turns; takeover after SIGKILL and hand-over
+//! standbys serve the API and forward chat turns and MCP gateway requests; takeover after SIGKILL and hand-over
 //! after SIGTERM, measured. Real Redis, real Docker, real processes.
 
 mod common;
@@ -204,6 +204,35 @@ async fn a_standby_forwards_a_chat_turn_to_the_leader_streaming() {
     let (code, body) = http_get(&format!("{}/api/v1/sessions/fwd/messages", b.api()));
     assert_eq!(code, 200);
     assert!(body.contains("forwarded"), "{body}");
+
+    // The MCP gateway through the standby (rmcp's Streamable HTTP client): forwarded to the
+    // leader, which shares its one upstream with the chat.
+    use rmcp::ServiceExt;
+    let url = format!("{}/api/v1/sessions/fwd/mcp", b.api());
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url);
+    let mcp = tokio::time::timeout(T, ().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize through the standby");
+    let tools = mcp.peer().list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+    let args = serde_json::json!({"text": "mcp via the leader"});
+    let r = mcp
+        .peer()
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("echo")
+                .with_arguments(args.as_object().unwrap().clone()),
+        )
+        .await
+        .expect("tools/call");
+    assert!(format!("{r:?}").contains("mcp via the leader"), "{r:?}");
+    let _ = mcp.cancel().await;
+    assert!(b.metric("mcpo_forwarded_requests_total").unwrap() >= 3.0);
+    assert_eq!(
+        a.metric(r#"mcpo_mcp_requests_total{method="tools/call",result="ok"}"#),
+        Some(1.0),
+        "the leader served the call"
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ use rmcp::model::{
     InitializeResult, ListPromptsRequest, ListPromptsResult, ListResourceTemplatesRequest,
     ListResourceTemplatesResult, ListResourcesRequest, ListResourcesResult, ListToolsRequest,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig, ServerResult, SubscriptionFilter,
+    ReadResourceResponse, ServerCapabilities, ResultType, ServerConfig, ServerResult, SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, RoleServer,
@@ -214,7 +214,8 @@ impl ProxyHandler {
         let r = async {
             let link = self.upstream.link().await?;
             let request = make(&link)?;
-            let answer = self.forward(method, request, &link, ctx).await?;
+            let mut answer = self.forward(method, request, &link, ctx).await?;
+            mark_complete(&mut answer);
             take(answer, &link).ok_or_else(|| unexpected(method))
         }
         .await;
@@ -224,6 +225,25 @@ impl ProxyHandler {
         };
         self.observe(method, label, started);
         r
+    }
+}
+
+/// Mark an upstream result `resultType: "complete"` where it has none: an initialize-era
+/// server omits it, a 2026-07-28 client needs it (rmcp strips it again for older clients).
+fn mark_complete(r: &mut ServerResult) {
+    let t = match r {
+        ServerResult::ListToolsResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        ServerResult::ListPromptsResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ListResourcesResult(r) => &mut r.result_type,
+        ServerResult::ListResourceTemplatesResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        _ => return,
+    };
+    if t.is_none() {
+        *t = Some(ResultType::COMPLETE);
     }
 }
 
