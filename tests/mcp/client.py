@@ -24,11 +24,12 @@ Subcommands (each result is one JSON object per line on stdout):
   ``{"error": {"code": N, "message": "..."}}`` for a JSON-RPC error.
 * ``concurrent --clients N --calls K``: N clients (own connection, own session) call ``echo``
   K times each, concurrently, with unique texts; checks every answer against its request.
-* ``listen-changed --clients N [--trigger]``: N clients wait for ``tools/list_changed``
-  (handshake era: the session's message handler, fed by the GET stream; 2026-07-28:
-  ``Client.listen(tools_list_changed=True)``); with ``--trigger`` one more client calls
-  ``toggle_extra_tool {"enabled": true}``. Prints how many got it in time and each client's
-  tool names afterwards.
+* ``listen-changed --clients N [--trigger | --trigger-self] [--reset]``: N clients wait for
+  ``tools/list_changed`` (handshake era: the session's message handler, fed by the GET stream
+  over HTTP; 2026-07-28: ``Client.listen(tools_list_changed=True)``); with ``--trigger`` one
+  more client calls ``toggle_extra_tool {"enabled": true}``, with ``--trigger-self`` listener
+  0 does on its own connection (for one stdio server). Prints how many got it in time and each
+  client's tool names afterwards; ``--reset`` toggles the tool off at the end.
 * ``progress``: ``sleep {"seconds": 1, "steps": 4}`` with a progress callback; prints the
   progress values.
 * ``call-during-kill TOOL JSON_ARGS``: prints ``{"started": true}`` once the request is on its
@@ -243,6 +244,26 @@ async def cmd_listen_changed(args: argparse.Namespace) -> int:
     tools_after: list[list[str] | None] = [None] * n
     problems: list[str] = []
     triggered_at: list[float] = []
+    trigger_self = anyio.Event()
+    toggled = anyio.Event()
+
+    async def self_trigger(i: int, client: Client) -> None:
+        """--trigger-self: listener 0 toggles on its own connection (one stdio server)."""
+        if i != 0:
+            return
+        await trigger_self.wait()
+        try:
+            result = await client.call_tool("toggle_extra_tool", {"enabled": True})
+            if result.is_error:
+                problems.append(f"toggle_extra_tool failed: {texts(result)}")
+        finally:
+            toggled.set()
+
+    async def received_and_toggled(i: int) -> None:
+        await received[i].wait()
+        if i == 0 and args.trigger_self:
+            with anyio.move_on_after(args.timeout):
+                await toggled.wait()
 
     def mark(i: int) -> None:
         if not received[i].is_set():
@@ -270,7 +291,8 @@ async def cmd_listen_changed(args: argparse.Namespace) -> int:
 
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(drain)
-                            await received[i].wait()
+                            tg.start_soon(self_trigger, i, client)
+                            await received_and_toggled(i)
                             tg.cancel_scope.cancel()
                 else:
                     # The handshake era: notifications arrive on the session's GET stream,
@@ -279,7 +301,10 @@ async def cmd_listen_changed(args: argparse.Namespace) -> int:
                     await client.call_tool("echo", {"text": f"listener-{i}"})
                     await anyio.sleep(args.settle)
                     ready[i].set()
-                    await received[i].wait()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self_trigger, i, client)
+                        await received_and_toggled(i)
+                        tg.cancel_scope.cancel()
                 await done.wait()
                 tools = await client.list_tools()
                 tools_after[i] = sorted(t.name for t in tools.tools)
@@ -302,6 +327,9 @@ async def cmd_listen_changed(args: argparse.Namespace) -> int:
                         problems.append(f"toggle_extra_tool failed: {texts(result)}")
             except Exception as e:
                 problems.append(f"trigger: {describe(e)}")
+        elif args.trigger_self:
+            triggered_at.append(time.perf_counter())
+            trigger_self.set()
         with anyio.move_on_after(args.wait):
             for event in received:
                 await event.wait()
@@ -488,7 +516,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=10)
     p = sub.add_parser("listen-changed", parents=common, help="wait for tools/list_changed")
     p.add_argument("--clients", type=int, default=2)
-    p.add_argument("--trigger", action="store_true", help="toggle the extra tool on")
+    trigger = p.add_mutually_exclusive_group()
+    trigger.add_argument("--trigger", action="store_true", help="one more client toggles the extra tool on")
+    trigger.add_argument(
+        "--trigger-self", action="store_true", help="listener 0 toggles it on its own connection (stdio)"
+    )
     p.add_argument("--wait", type=float, default=10.0, help="how long to wait for the notification")
     p.add_argument("--settle", type=float, default=0.5, help="handshake era: wait for GET streams")
     p.add_argument("--reset", action="store_true", help="toggle the extra tool off afterwards")
