@@ -114,3 +114,30 @@ ensure_openapi_validator() {
             python3 -m pip install -q --break-system-packages openapi-spec-validator
     fi
 }
+
+# The official MCP Python SDK, pinned, in a venv for the integration tests' client driver
+# (tests/mcp/client.py; tests/common/mcp_py.rs runs it). The venv is ${MCP_VENV:-<repo>/
+# target/mcp-venv}; tests/mcp/requirements.txt pins what goes in it. Idempotent: a marker file
+# in the venv holds the sha256 of the requirements and the python it was made with, so a run
+# with nothing to do costs one sha256sum. Prints one progress line on stderr.
+ensure_mcp_sdk() {
+    local root venv reqs want python
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    venv="${MCP_VENV:-$root/target/mcp-venv}"
+    reqs="$root/tests/mcp/requirements.txt"
+    python="$(command -v python3)" || { need_root python3; apt_install python3; python="$(command -v python3)"; }
+    want="$( { cat "$reqs"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+    if [[ -x "$venv/bin/python" && "$(cat "$venv/.requirements-sha256" 2>/dev/null)" == "$want" ]]; then
+        echo "MCP Python SDK: $venv is up to date" >&2
+        return 0
+    fi
+    echo "MCP Python SDK: creating $venv ($(grep -v '^#' "$reqs" | xargs))" >&2
+    if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+        --requirement "$reqs" >&2
+    echo "$want" >"$venv/.requirements-sha256"
+}

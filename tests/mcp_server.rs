@@ -7,6 +7,12 @@
 //! `orchestrator.mcp.dev/test` label and is removed by label on drop, even
 //! when a test fails.
 //!
+//! The progress, cancel and list-changed tests use an rmcp client whose handler records
+//! `notifications/progress` and `notifications/tools/list_changed`. The `python_sdk_*`
+//! tests drive the container (and the reference image `mcp-reference-time:latest` from
+//! `scripts/build-reference-image`) over stdio with the official MCP Python SDK through
+//! `tests/mcp/client.py` (see `tests/common/mcp_py.rs`; the venv comes from `scripts/test`).
+//!
 //! The re-initialize test runs the binary directly on the host
 //! (`$MCP_SERVER_BIN`, default: the `mcp-server` built for this test run) and
 //! writes raw JSON-RPC lines, because the point is what happens on one stdin
@@ -19,11 +25,12 @@ use std::{
 };
 
 use rmcp::{
-    RoleClient, ServiceExt,
+    ClientHandler, RoleClient, ServiceExt,
     model::{
-        CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+        CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+        ClientRequest, Implementation, ProgressNotificationParam,
     },
-    service::RunningService,
+    service::{NotificationContext, PeerRequestOptions, RunningService},
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -35,6 +42,9 @@ use tokio::{
 const STEP: Duration = Duration::from_secs(30);
 /// Label put on every container these tests start.
 const TEST_LABEL: &str = "orchestrator.mcp.dev/test";
+
+#[path = "common/mcp_py.rs"]
+mod mcp_py;
 
 type Client = RunningService<RoleClient, ClientConfig>;
 
@@ -117,28 +127,44 @@ impl Drop for ContainerGuard {
     }
 }
 
+/// The arguments of `docker run -i` of `image` with the sandbox restrictions (those of
+/// src/domain/contract.rs that matter to the server: no network, read-only root with a
+/// tmpfs on /tmp, no capabilities, no new privileges, uid 65534) and the guard's label.
+fn docker_run_args(image: &str, guard: &ContainerGuard) -> Vec<String> {
+    [
+        "run",
+        "-i",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,nosuid,nodev,noexec,mode=1777,uid=65534,gid=65534,size=64m",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+        "--pids-limit",
+        "128",
+        "--memory",
+        "256m",
+        "--label",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([guard.label(), image.to_owned()])
+    .collect()
+}
+
 /// `docker run -i` of the image with the sandbox restrictions.
 fn docker_run(image: &str, guard: &ContainerGuard, name: &str) -> Child {
+    let mut args = docker_run_args(image, guard);
+    let image = args.pop().expect("the image is the last argument");
     Command::new(docker())
-        .args([
-            "run",
-            "-i",
-            "--rm",
-            "--network",
-            "none",
-            "--read-only",
-            "--tmpfs",
-            "/tmp",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--user",
-            "65534:65534",
-            "--label",
-        ])
-        .arg(guard.label())
-        .args(["--name", name, image])
+        .args(args)
+        .args(["--name", name, &image])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -161,8 +187,75 @@ async fn connect(child: &mut Child) -> Client {
         .expect("initialize failed")
 }
 
+/// What a [`Recorder`] client saw.
+#[derive(Debug)]
+enum Seen {
+    Progress(ProgressNotificationParam),
+    ToolListChanged,
+}
+
+/// A client handler that forwards progress and tools/list_changed notifications.
+#[derive(Clone)]
+struct Recorder {
+    info: ClientConfig,
+    seen: tokio::sync::mpsc::UnboundedSender<Seen>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let _ = self.seen.send(Seen::Progress(params));
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.seen.send(Seen::ToolListChanged);
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+}
+
+type RecordingClient = RunningService<RoleClient, Recorder>;
+
+/// Run the MCP handshake with a [`Recorder`]; also returns what it records.
+async fn connect_recording(
+    child: &mut Child,
+) -> (RecordingClient, tokio::sync::mpsc::UnboundedReceiver<Seen>) {
+    let stdout = child.stdout.take().expect("child stdout is piped");
+    let stdin = child.stdin.take().expect("child stdin is piped");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder {
+        info: ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-server-test", "0.1.0"),
+        ),
+        seen: tx,
+    };
+    let client = tokio::time::timeout(STEP, recorder.serve((stdout, stdin)))
+        .await
+        .expect("initialize timed out")
+        .expect("initialize failed");
+    (client, rx)
+}
+
+/// The next thing a [`Recorder`] saw, within `within`; None when nothing came.
+async fn next_seen(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    within: Duration,
+) -> Option<Seen> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
+
 /// Call a tool; panics on a JSON-RPC error or a timeout.
-async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+async fn call<H: rmcp::Service<RoleClient>>(
+    client: &RunningService<RoleClient, H>,
+    tool: &str,
+    args: Value,
+) -> CallToolResult {
     let Value::Object(args) = args else {
         panic!("tool arguments must be a JSON object")
     };
@@ -184,7 +277,11 @@ fn text(result: &CallToolResult) -> String {
 }
 
 /// Call a tool that must succeed; its text.
-async fn call_ok(client: &Client, tool: &str, args: Value) -> String {
+async fn call_ok<H: rmcp::Service<RoleClient>>(
+    client: &RunningService<RoleClient, H>,
+    tool: &str,
+    args: Value,
+) -> String {
     let result = call(client, tool, args.clone()).await;
     assert_ne!(
         result.is_error,
@@ -197,7 +294,11 @@ async fn call_ok(client: &Client, tool: &str, args: Value) -> String {
 
 /// Call a tool that must fail with an MCP error (an `isError` result or a
 /// JSON-RPC error); the error text.
-async fn call_err(client: &Client, tool: &str, args: Value) -> String {
+async fn call_err<H: rmcp::Service<RoleClient>>(
+    client: &RunningService<RoleClient, H>,
+    tool: &str,
+    args: Value,
+) -> String {
     let Value::Object(map) = args.clone() else {
         panic!("tool arguments must be a JSON object")
     };
@@ -256,7 +357,9 @@ async fn container_serves_every_tool_and_exits_zero_on_eof() {
             "list_notes",
             "read_note",
             "sandbox_info",
-            "save_note"
+            "save_note",
+            "sleep",
+            "toggle_extra_tool"
         ]
     );
 
@@ -512,7 +615,7 @@ async fn binary_accepts_a_new_initialize_on_the_same_stdin() {
     let reply = server.request(3, "tools/list", json!({})).await;
     assert_eq!(
         reply["result"]["tools"].as_array().map(Vec::len),
-        Some(6),
+        Some(8),
         "{reply}"
     );
 
@@ -542,4 +645,378 @@ async fn binary_exits_zero_on_sigint_and_sigterm() {
             .expect("waiting for the server");
         assert_eq!(status.code(), Some(0), "exit status after {signal}");
     }
+}
+
+#[tokio::test]
+async fn container_sleep_reports_progress_and_stops_when_cancelled() {
+    let image = require_image();
+    let guard = ContainerGuard::new();
+    let mut child = docker_run(&image, &guard, &guard.value);
+    let (client, mut seen) = connect_recording(&mut child).await;
+
+    // The rmcp client puts a progress token on every request.
+    let started = Instant::now();
+    assert_eq!(
+        call_ok(&client, "sleep", json!({ "seconds": 1, "steps": 4 })).await,
+        "slept 1"
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(950), "slept only {took:?}");
+    let mut progress = Vec::new();
+    while let Some(Seen::Progress(p)) = next_seen(&mut seen, Duration::from_millis(200)).await {
+        progress.push((p.progress, p.total));
+    }
+    assert_eq!(
+        progress,
+        [
+            (1.0, Some(4.0)),
+            (2.0, Some(4.0)),
+            (3.0, Some(4.0)),
+            (4.0, Some(4.0))
+        ]
+    );
+    assert_eq!(
+        call_ok(&client, "sleep", json!({ "seconds": 0 })).await,
+        "slept 0"
+    );
+    let _ = next_seen(&mut seen, Duration::from_millis(100)).await;
+
+    // Bounded inputs: errors, no panic, no sleeping.
+    for bad in [
+        json!({ "seconds": 61 }),
+        json!({ "seconds": -1 }),
+        json!({ "seconds": 1e308 }),
+        json!({ "seconds": 1, "steps": 0 }),
+        json!({ "seconds": 1, "steps": 101 }),
+        json!({ "seconds": 1, "steps": -1 }),
+        json!({ "seconds": "1" }),
+        json!({}),
+    ] {
+        let started = Instant::now();
+        let error = call_err(&client, "sleep", bad.clone()).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "sleep {bad} slept"
+        );
+        eprintln!("sleep {bad}: {error}");
+    }
+
+    // A long sleep, cancelled after its first progress notification: no more progress
+    // follows, no response either, and the server keeps serving.
+    let params = CallToolRequestParams::new("sleep").with_arguments(
+        json!({ "seconds": 30, "steps": 30 })
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
+    let handle = client
+        .peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("send the long sleep");
+    match next_seen(&mut seen, Duration::from_secs(5)).await {
+        Some(Seen::Progress(p)) => assert_eq!(p.progress, 1.0, "{p:?}"),
+        other => panic!("expected the first progress of the long sleep, got {other:?}"),
+    }
+    handle
+        .cancel(Some("test cancels".to_owned()))
+        .await
+        .expect("send notifications/cancelled");
+    // At most one notification may have crossed the cancellation on the wire.
+    let mut late = 0;
+    while let Some(s) = next_seen(&mut seen, Duration::from_millis(2500)).await {
+        assert!(matches!(s, Seen::Progress(_)), "{s:?}");
+        late += 1;
+    }
+    assert!(late <= 1, "{late} progress notifications after the cancel");
+    assert_eq!(
+        call_ok(&client, "echo", json!({ "text": "after cancel" })).await,
+        "after cancel"
+    );
+
+    client.cancel().await.expect("client shutdown");
+    assert_eq!(
+        wait_exit(&mut child, "after stdin EOF").await.code(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn container_toggle_extra_tool_sends_tools_list_changed() {
+    let image = require_image();
+    let guard = ContainerGuard::new();
+    let mut child = docker_run(&image, &guard, &guard.value);
+    let (client, mut seen) = connect_recording(&mut child).await;
+
+    let server = client.peer_info().expect("server info after initialize");
+    let tools_capability = server
+        .capabilities
+        .tools
+        .as_ref()
+        .expect("tools capability");
+    assert_eq!(
+        tools_capability.list_changed,
+        Some(true),
+        "{tools_capability:?}"
+    );
+
+    async fn names(client: &RecordingClient) -> Vec<String> {
+        let tools = tokio::time::timeout(STEP, client.list_all_tools())
+            .await
+            .expect("tools/list timed out")
+            .expect("tools/list failed");
+        let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    assert!(!names(&client).await.contains(&"extra".to_owned()));
+    let error = call_err(&client, "extra", json!({})).await;
+    eprintln!("extra while disabled: {error}");
+
+    for round in 0..2 {
+        assert_eq!(
+            call_ok(&client, "toggle_extra_tool", json!({ "enabled": true })).await,
+            "extra tool enabled"
+        );
+        match next_seen(&mut seen, Duration::from_secs(5)).await {
+            Some(Seen::ToolListChanged) => {}
+            other => panic!("round {round}: expected tools/list_changed, got {other:?}"),
+        }
+        assert!(names(&client).await.contains(&"extra".to_owned()));
+        assert_eq!(call_ok(&client, "extra", json!({})).await, "extra");
+
+        assert_eq!(
+            call_ok(&client, "toggle_extra_tool", json!({ "enabled": false })).await,
+            "extra tool disabled"
+        );
+        match next_seen(&mut seen, Duration::from_secs(5)).await {
+            Some(Seen::ToolListChanged) => {}
+            other => panic!("round {round}: expected tools/list_changed, got {other:?}"),
+        }
+        assert!(!names(&client).await.contains(&"extra".to_owned()));
+        call_err(&client, "extra", json!({})).await;
+    }
+    call_err(&client, "toggle_extra_tool", json!({ "enabled": "yes" })).await;
+    call_err(&client, "toggle_extra_tool", json!({})).await;
+
+    client.cancel().await.expect("client shutdown");
+    assert_eq!(
+        wait_exit(&mut child, "after stdin EOF").await.code(),
+        Some(0)
+    );
+}
+
+/// The Python driver's connection to a fresh `docker run -i` of `image`.
+fn python_stdio(image: &str, guard: &ContainerGuard, mode: mcp_py::Mode) -> mcp_py::Connection {
+    let mut command = vec![docker().to_owned()];
+    command.extend(docker_run_args(image, guard));
+    mcp_py::Connection::stdio(command).mode(mode)
+}
+
+/// `docker image inspect` succeeds for `image`, or a loud panic naming `how` to build it.
+fn require_named_image(image: &str, how: &str) {
+    let ok = std::process::Command::new(docker())
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the image {image} is required but absent (or docker does not answer): build it with {how}"
+    );
+}
+
+const PY_STEP: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn python_sdk_drives_the_container_over_stdio() {
+    let image = require_image();
+    let py = mcp_py::require();
+    let guard = ContainerGuard::new();
+    for (mode, version) in [
+        (mcp_py::Mode::Auto, "2026-07-28"),
+        (mcp_py::Mode::Legacy, "2025-11-25"),
+    ] {
+        let conn = python_stdio(&image, &guard, mode);
+        let info = py.run(&conn, "info", &[], PY_STEP).success();
+        let info = info.last();
+        eprintln!("{mode:?}: {info}");
+        assert_eq!(info["protocol_version"], version, "{info}");
+        assert_eq!(info["server_name"], "mcp-server", "{info}");
+        assert_eq!(info["tools_list_changed"], true, "{info}");
+        let tools: Vec<&str> = info["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            tools.contains(&"sleep") && tools.contains(&"toggle_extra_tool"),
+            "{info}"
+        );
+        assert!(!tools.contains(&"extra"), "{info}");
+
+        let out = py
+            .run(&conn, "call", &["echo", r#"{"text":"héllo ✓"}"#], PY_STEP)
+            .success();
+        assert_eq!(
+            out.last()["result"]["texts"],
+            json!(["héllo ✓"]),
+            "{:?}",
+            out.lines
+        );
+        let out = py.run(&conn, "call", &["extra", "{}"], PY_STEP).success();
+        let answer = out.last();
+        assert!(
+            answer.get("error").is_some() || answer["result"]["isError"] == true,
+            "extra must fail while disabled: {answer}"
+        );
+
+        let out = py.run(&conn, "progress", &[], PY_STEP).success();
+        let progress = out.last();
+        assert_eq!(
+            progress["progress"],
+            json!([1.0, 2.0, 3.0, 4.0]),
+            "{progress}"
+        );
+        assert_eq!(
+            progress["totals"],
+            json!([4.0, 4.0, 4.0, 4.0]),
+            "{progress}"
+        );
+        assert_eq!(
+            progress["result"]["texts"],
+            json!(["slept 1"]),
+            "{progress}"
+        );
+
+        // One stdio server: the listener toggles the tool on its own connection; at
+        // 2026-07-28 the notification must come on its subscriptions/listen stream.
+        let out = py
+            .run(
+                &conn,
+                "listen-changed",
+                &["--clients", "1", "--trigger-self", "--settle", "0.2"],
+                PY_STEP,
+            )
+            .success();
+        let listened = out.last();
+        eprintln!("{mode:?}: {listened}");
+        assert_eq!(listened["received"], 1, "{listened}");
+        let expected_how = if mode == mcp_py::Mode::Auto {
+            "listen"
+        } else {
+            "message_handler"
+        };
+        assert_eq!(listened["how"], json!([expected_how]), "{listened}");
+        assert!(
+            listened["tools_after"][0]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("extra"))),
+            "{listened}"
+        );
+
+        let out = py
+            .run(
+                &conn,
+                "concurrent",
+                &["--clients", "2", "--calls", "5"],
+                PY_STEP,
+            )
+            .success();
+        let summary = out.last();
+        assert_eq!(summary["ok"], 10, "{summary}");
+        assert_eq!(summary["mismatches"], 0, "{summary}");
+    }
+    // Every `docker run --rm` ended with its client.
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
+}
+
+#[tokio::test]
+async fn python_sdk_sees_a_transport_error_when_the_container_is_killed() {
+    let image = require_image();
+    let py = mcp_py::require();
+    let guard = ContainerGuard::new();
+    for mode in [mcp_py::Mode::Auto, mcp_py::Mode::Legacy] {
+        let name = format!(
+            "{}-{}",
+            guard.value,
+            if mode == mcp_py::Mode::Auto {
+                "auto"
+            } else {
+                "legacy"
+            }
+        );
+        let mut command = vec![docker().to_owned()];
+        let mut args = docker_run_args(&image, &guard);
+        let image_arg = args.pop().unwrap();
+        command.extend(args);
+        command.extend(["--name".to_owned(), name.clone(), image_arg]);
+        let conn = mcp_py::Connection::stdio(command).mode(mode);
+        let mut running = py.spawn(&conn, "call-during-kill", &["sleep", r#"{"seconds":20}"#]);
+        running.wait_started(PY_STEP).await;
+        let kill = std::process::Command::new(docker())
+            .args(["kill", &name])
+            .output()
+            .expect("docker kill");
+        assert!(
+            kill.status.success(),
+            "{}",
+            String::from_utf8_lossy(&kill.stderr)
+        );
+        let out = running.finish(PY_STEP).await.success();
+        let ended = out.last();
+        eprintln!("{mode:?}: {ended}");
+        assert_ne!(ended["outcome"], "result", "{ended}");
+        assert!(
+            ended["elapsed_ms"].as_f64().is_some_and(|ms| ms < 15_000.0),
+            "the killed call must end long before the sleep would: {ended}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn python_sdk_drives_the_reference_time_server() {
+    let image =
+        std::env::var("REFERENCE_IMAGE").unwrap_or_else(|_| "mcp-reference-time:latest".to_owned());
+    require_named_image(&image, "scripts/build-reference-image");
+    let py = mcp_py::require();
+    let guard = ContainerGuard::new();
+    for mode in [mcp_py::Mode::Auto, mcp_py::Mode::Legacy] {
+        let conn = python_stdio(&image, &guard, mode);
+        let info = py.run(&conn, "info", &[], PY_STEP).success();
+        let info = info.last();
+        eprintln!("{mode:?}: {info}");
+        assert_eq!(info["server_name"], "mcp-time", "{info}");
+        assert!(
+            info["tools"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!("get_current_time"))),
+            "{info}"
+        );
+        let out = py
+            .run(
+                &conn,
+                "call",
+                &["get_current_time", r#"{"timezone":"UTC"}"#],
+                PY_STEP,
+            )
+            .success();
+        let answer = out.last();
+        assert_eq!(answer["result"]["isError"], false, "{answer}");
+        let text = answer["result"]["texts"][0].as_str().unwrap_or_default();
+        let time: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert_eq!(time["timezone"], "UTC", "{time}");
+        assert!(
+            time["datetime"]
+                .as_str()
+                .is_some_and(|d| d.ends_with("+00:00")),
+            "{time}"
+        );
+    }
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
 }

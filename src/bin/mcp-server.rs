@@ -2,7 +2,9 @@
 //!
 //! It speaks MCP over stdio (newline-delimited JSON-RPC on stdin/stdout; the
 //! protocol version is negotiated by rmcp) and offers the tools `echo`, `add`,
-//! `sandbox_info`, `save_note`, `read_note` and `list_notes`. Notes are files
+//! `sandbox_info`, `save_note`, `read_note`, `list_notes`, `sleep` (progress
+//! notifications, cancellable) and `toggle_extra_tool` (shows or hides the tool
+//! `extra`, with `notifications/tools/list_changed`). Notes are files
 //! under `/tmp/notes` (override with `MCP_NOTES_DIR`), because the sandbox's
 //! root filesystem is read-only and `/tmp` is a tmpfs. Logs go to stderr only
 //! (filter with `RUST_LOG`, default `info,rmcp=warn`); stdout carries JSON-RPC only.
@@ -91,7 +93,9 @@ async fn serve() -> i32 {
         "mcp-server starting"
     );
     let (stdin, stdout) = rmcp::transport::io::stdio_pipes();
-    let make_server = move || tools::SandboxServer::new(notes_dir.clone());
+    // The `extra` tool's switch outlives sessions: it belongs to the process.
+    let extra_enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let make_server = move || tools::SandboxServer::new(notes_dir.clone(), extra_enabled.clone());
     tokio::select! {
         result = session::run(stdin, stdout, make_server) => match result {
             Ok(()) => {

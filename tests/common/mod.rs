@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod gemini;
+pub mod mcp_py;
 
 use std::io::Write;
 use std::net::TcpListener;
