@@ -33,7 +33,9 @@ Subcommands (each result is one JSON object per line on stdout):
 * ``progress``: ``sleep {"seconds": 1, "steps": 4}`` with a progress callback; prints the
   progress values.
 * ``call-during-kill TOOL JSON_ARGS``: prints ``{"started": true}`` once the request is on its
-  way, then how the call ended (result, JSON-RPC error, transport error or timeout) and when.
+  way, then how the call ended (result, JSON-RPC error, transport error or timeout) and when;
+  with ``--retry-until-ok S``, then ``{"recovered": bool, "after_ms": N}`` once an ``echo`` on
+  the same client works again (tried every 0.25 s for up to S seconds).
 * ``bench --calls N --clients C``: ``echo`` round trips after a warm-up: p50/p99 and calls/s.
 
 Exit codes: 0 when the operation completed (a JSON-RPC error or an ``isError`` result from
@@ -404,8 +406,28 @@ async def cmd_call_during_kill(args: argparse.Namespace) -> int:
             else:
                 outcome.update({"outcome": "transport_error", "message": describe(e)})
         ended.append(time.perf_counter())
+        if args.retry_until_ok:
+            await retry(client)
 
-    with anyio.move_on_after(args.timeout) as scope:
+    async def retry(client: Client) -> None:
+        # Print the failed call now, then keep calling `echo` on the same client until the
+        # server is back: the client must not need to reconnect.
+        emit(dict(outcome, elapsed_ms=round((ended[0] - started[0]) * 1000.0, 2)))
+        t0 = time.perf_counter()
+        recovered = False
+        with anyio.move_on_after(args.retry_until_ok):
+            while not recovered:
+                try:
+                    result = await client.call_tool("echo", {"text": "after"})
+                    recovered = "".join(texts(result)) == "after"
+                except Exception:
+                    pass
+                if not recovered:
+                    await anyio.sleep(0.25)
+        emit({"recovered": recovered, "after_ms": round((time.perf_counter() - t0) * 1000.0, 2)})
+        outcome["retried"] = True
+
+    with anyio.move_on_after(args.timeout + (args.retry_until_ok or 0)) as scope:
         try:
             async with connect(args) as client:
                 async with anyio.create_task_group() as tg:
@@ -428,6 +450,8 @@ async def cmd_call_during_kill(args: argparse.Namespace) -> int:
         raise Failure(f"could not connect within {args.timeout} s")
     if scope.cancelled_caught and not outcome:
         outcome = {"outcome": "timeout", "message": f"no answer within {args.timeout} s"}
+    if outcome.get("retried"):
+        return 0
     end = ended[0] if ended else time.perf_counter()
     outcome["elapsed_ms"] = round((end - started[0]) * 1000.0, 2)
     emit(outcome)
@@ -531,6 +555,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("tool")
     p.add_argument("json_args", nargs="?", default="{}")
     p.add_argument("--started-delay", type=float, default=0.2, help="seconds between sending and 'started'")
+    p.add_argument(
+        "--retry-until-ok",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the call ends, print its outcome, then call echo on the same client until it works",
+    )
     p = sub.add_parser("bench", parents=common, help="echo round-trip latency")
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--clients", type=int, default=1)
