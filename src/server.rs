@@ -210,8 +210,8 @@ pub struct ServeArgs {
     /// to the leader (429 beyond).
     #[arg(long, env = "MAX_MCP_STREAMS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_mcp_streams: u32,
-    /// Most MCP requests in flight per session, gateway clients and chat together (a
-    /// JSON-RPC error beyond).
+    /// Most MCP requests in flight per session from gateway clients (a JSON-RPC error
+    /// beyond; the chat's tool calls are bounded by its one turn per session).
     #[arg(long, env = "MCP_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub mcp_max_in_flight: u32,
     /// Largest MCP request body through the gateway, in bytes (413 beyond).

@@ -6,7 +6,9 @@
 //! upstream connections (a replaced container gets a new one, the clients stay) and routes:
 //! - `notifications/progress` to the client whose request carries the token (the upstream
 //!   sees a token rmcp made unique per upstream request; [`Hub::track_progress`] maps it
-//!   back to the client's own token);
+//!   back to the client's own token; the route is recorded right after the request is queued
+//!   upstream: a progress notification that beat it — a round trip through the engine
+//!   faster than one statement — would be dropped, not misrouted);
 //! - list changes (`tools`, `prompts`, `resources`) to every client: sessions of the
 //!   initialize era get them on their stream, clients of the 2026-07-28 era on their
 //!   `subscriptions/listen` stream;

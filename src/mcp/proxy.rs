@@ -25,7 +25,8 @@ use rmcp::model::{
     InitializeResult, ListPromptsRequest, ListPromptsResult, ListResourceTemplatesRequest,
     ListResourceTemplatesResult, ListResourcesRequest, ListResourcesResult, ListToolsRequest,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ResultType, ServerConfig, ServerResult, SubscriptionFilter,
+    ReadResourceResponse, ResultType, ServerCapabilities, ServerConfig, ServerResult,
+    SubscriptionFilter,
 };
 use rmcp::service::{
     NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleClient, RoleServer,

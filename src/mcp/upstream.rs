@@ -298,7 +298,7 @@ impl McpPool {
         }
     }
 
-    /// Admit at most `n` requests in flight per session (gateway clients and chat alike).
+    /// Admit at most `n` gateway requests in flight per session (the hubs' limit).
     pub fn with_max_in_flight(mut self, n: usize) -> McpPool {
         self.max_in_flight = n.max(1);
         self
