@@ -376,6 +376,45 @@ async fn a_sandbox_killed_mid_call_fails_the_call_at_once_and_the_client_carries
 }
 
 #[test]
+fn a_client_cancel_or_disconnect_cancels_the_call_in_the_sandbox() {
+    let py = mcp_py::require();
+    let mut env = env_with_token();
+    env.start_orchestrator(&[]);
+    env.apply_yaml(&session_yaml("cancel", &env.image, ""));
+    let id = running(&env, "cancel");
+    let url = mcp_url(&env, "cancel");
+    // Legacy: the SDK sends notifications/cancelled; 2026-07-28: it closes the request's
+    // stream. Either way the sandbox's server must see its request cancelled (its `sleep`
+    // logs "sleep cancelled" on stderr) long before the 20 s are up.
+    for (i, mode) in [Mode::Legacy, Mode::Auto].into_iter().enumerate() {
+        let conn = Connection::http(&url, TOKEN).mode(mode);
+        let out = py
+            .run(
+                &conn,
+                "call-cancel",
+                &["sleep", r#"{"seconds": 20}"#, "--after", "1"],
+                T,
+            )
+            .success();
+        assert_eq!(out.last()["cancelled"], true, "{:?}", out.lines);
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{mode:?}: the sandbox's sleep cancelled"),
+            || {
+                let logs = Command::new(docker_bin())
+                    .args(["logs", &id])
+                    .output()
+                    .expect("docker logs");
+                String::from_utf8_lossy(&logs.stderr)
+                    .matches("sleep cancelled")
+                    .count()
+                    > i
+            },
+        );
+    }
+}
+
+#[test]
 fn the_stdio_verb_serves_a_session_to_a_stdio_client() {
     let py = mcp_py::require();
     let mut env = Env::new();

@@ -32,6 +32,9 @@ Subcommands (each result is one JSON object per line on stdout):
   client's tool names afterwards; ``--reset`` toggles the tool off at the end.
 * ``progress``: ``sleep {"seconds": 1, "steps": 4}`` with a progress callback; prints the
   progress values.
+* ``call-cancel TOOL JSON_ARGS [--after S]``: starts the call and cancels it after S seconds
+  (the SDK's own cancel: ``notifications/cancelled`` on a handshake-era session, the request's
+  stream closed on 2026-07-28); prints ``{"cancelled": true}``.
 * ``call-during-kill TOOL JSON_ARGS``: prints ``{"started": true}`` once the request is on its
   way, then how the call ended (result, JSON-RPC error, transport error or timeout) and when;
   with ``--retry-until-ok S``, then ``{"recovered": bool, "after_ms": N}`` once an ``echo`` on
@@ -389,6 +392,19 @@ async def cmd_progress(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_call_cancel(args: argparse.Namespace) -> int:
+    arguments = parse_json_args(args.json_args)
+    async with connect(args) as client:
+        finished = False
+        with anyio.move_on_after(args.after) as scope:
+            await client.call_tool(args.tool, arguments)
+            finished = True
+        emit({"cancelled": scope.cancelled_caught and not finished})
+        # Give the SDK time to tell the server before the connection closes.
+        await anyio.sleep(args.linger)
+    return 0
+
+
 async def cmd_call_during_kill(args: argparse.Namespace) -> int:
     arguments = parse_json_args(args.json_args)
     outcome: dict[str, Any] = {}
@@ -551,6 +567,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("progress", parents=common, help="sleep with progress notifications")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=4)
+    p = sub.add_parser("call-cancel", parents=common, help="a call the client cancels")
+    p.add_argument("tool")
+    p.add_argument("json_args")
+    p.add_argument("--after", type=float, default=1.0, help="seconds before cancelling")
+    p.add_argument("--linger", type=float, default=0.5, help="seconds to stay connected after")
     p = sub.add_parser("call-during-kill", parents=common, help="a call whose server gets killed")
     p.add_argument("tool")
     p.add_argument("json_args", nargs="?", default="{}")
@@ -575,6 +596,7 @@ COMMANDS = {
     "concurrent": cmd_concurrent,
     "listen-changed": cmd_listen_changed,
     "progress": cmd_progress,
+    "call-cancel": cmd_call_cancel,
     "call-during-kill": cmd_call_during_kill,
     "bench": cmd_bench,
 }
