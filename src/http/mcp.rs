@@ -116,8 +116,22 @@ async fn as_jsonrpc(r: Response) -> Response {
     out
 }
 
-/// `GET`, `POST` and `DELETE` of one session's MCP endpoint (see the module docs).
-async fn mcp(State(st): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
+/// The session's sandbox as an MCP server, over MCP's Streamable HTTP transport: `POST` a
+/// JSON-RPC message (answered as JSON or an SSE stream), `GET` the server's stream of an
+/// initialize-era session, `DELETE` to end that session. Errors carry a JSON-RPC error body.
+#[utoipa::path(post, path = "/api/v1/sessions/{name}/mcp", tag = "mcp",
+    params(("name" = String, Path, description = "Session name")),
+    request_body(content = Object, description = "A JSON-RPC message (MCP)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "The JSON-RPC answer, as application/json or text/event-stream"),
+        (status = 202, description = "A notification or response was accepted"),
+        (status = 400, description = "Bad request or unsupported MCP-Protocol-Version (JSON-RPC error body)"),
+        (status = 403, description = "Origin not allowed (JSON-RPC error body)"),
+        (status = 404, description = "No such session, or an unknown Mcp-Session-Id (JSON-RPC error body)"),
+        (status = 409, description = "The session's sandbox has stopped for good (JSON-RPC error body)"),
+        (status = 413, description = "Body over MCP_MAX_REQUEST_BYTES (JSON-RPC error body)"),
+        (status = 503, description = "The sandbox is on its way, or no leader (JSON-RPC error body, Retry-After)")))]
+pub(super) async fn mcp(State(st): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
     let Some(gateway) = st.inner.gateway.get().cloned() else {
         return jsonrpc_error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -6,9 +6,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::Status;
 use super::chat::{self, ChatRequest};
+use super::mcp;
 use super::sessions::{self, SessionList};
 use crate::domain::resource::{
-    ChatSpec, Condition, ObjectMeta, Phase, Quantity, Resources, RestartPolicy, Session,
+    ChatSpec, Condition, McpSpec, ObjectMeta, Phase, Quantity, Resources, RestartPolicy, Session,
     SessionSpec, SessionStatus, ToolFilter,
 };
 
@@ -19,16 +20,16 @@ use crate::domain::resource::{
         sessions::list, sessions::create, sessions::read, sessions::replace, sessions::patch,
         sessions::remove, sessions::status, sessions::events, sessions::container,
         sessions::restart, sessions::log, super::policy,
-        chat::chat, chat::messages, chat::clear,
+        chat::chat, chat::messages, chat::clear, mcp::mcp,
         super::healthz, super::readyz, super::metrics, super::openapi,
     ),
     components(schemas(
         Session, ObjectMeta, SessionSpec, Resources, Quantity, RestartPolicy, SessionStatus,
-        Phase, Condition, SessionList, Status, ChatSpec, ToolFilter, ChatRequest
+        Phase, Condition, SessionList, Status, ChatSpec, McpSpec, ToolFilter, ChatRequest
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),
-    tags((name = "sessions", description = "Desired sandboxes"), (name = "operations", description = "Health, metrics, schema"), (name = "chat", description = "Gemini with the sandbox's MCP tools")),
+    tags((name = "sessions", description = "Desired sandboxes"), (name = "operations", description = "Health, metrics, schema"), (name = "chat", description = "Gemini with the sandbox's MCP tools"), (name = "mcp", description = "The sandbox's MCP server for any MCP client (Streamable HTTP)")),
 )]
 struct ApiDoc;
 
