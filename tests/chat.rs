@@ -26,21 +26,7 @@ async fn setup(fake: &FakeGemini) -> Env {
 
 /// Send one message and collect every event until `done` or `error`.
 async fn chat(env: &Env, name: &str, msg: &str) -> Vec<Value> {
-    let client = ApiClient::new(&env.api(), None);
-    let mut stream = client.chat(name, msg).await.expect("chat accepted");
-    let mut events = Vec::new();
-    while let Some(e) = tokio::time::timeout(T, stream.next_event())
-        .await
-        .expect("an event in time")
-        .unwrap()
-    {
-        let end = e["type"] == "done" || e["type"] == "error";
-        events.push(e);
-        if end {
-            break;
-        }
-    }
-    events
+    chat_turn(&env.api(), None, name, msg).await
 }
 
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::gemini::{FakeGemini, Step};
 use common::*;
-use mcp_orchestrator::client::ApiClient;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -176,20 +175,7 @@ async fn a_standby_forwards_a_chat_turn_to_the_leader_streaming() {
         serde_json::json!({"text": "via the leader"}),
     )]));
     fake.push(Step::stream_text(&["for", "ward", "ed"]));
-    let client = ApiClient::new(&b.api(), None);
-    let mut stream = client.chat("fwd", "hi").await.expect("chat accepted");
-    let mut events: Vec<Value> = Vec::new();
-    while let Some(e) = tokio::time::timeout(T, stream.next_event())
-        .await
-        .expect("an event in time")
-        .unwrap()
-    {
-        let end = e["type"] == "done" || e["type"] == "error";
-        events.push(e);
-        if end {
-            break;
-        }
-    }
+    let events: Vec<Value> = chat_turn(&b.api(), None, "fwd", "hi").await;
     let texts: Vec<&Value> = events.iter().filter(|e| e["type"] == "text").collect();
     assert!(texts.len() >= 3, "streamed as deltas: {events:?}");
     let result = events

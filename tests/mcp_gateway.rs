@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::gemini::{FakeGemini, Step};
 use common::mcp_py::{self, Connection, Mode};
 use common::*;
-use mcp_orchestrator::client::ApiClient;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -246,20 +245,7 @@ async fn ten_clients_and_a_chat_turn_share_one_sandbox_and_list_changes_reach_ev
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let chat = ApiClient::new(&env.api(), Some(TOKEN.to_string()));
-    let mut stream = chat.chat("shared", "echo something").await.expect("chat");
-    let mut events = Vec::new();
-    while let Some(e) = tokio::time::timeout(T, stream.next_event())
-        .await
-        .expect("an event in time")
-        .unwrap()
-    {
-        let end = e["type"] == "done" || e["type"] == "error";
-        events.push(e);
-        if end {
-            break;
-        }
-    }
+    let events = chat_turn(&env.api(), Some(TOKEN), "shared", "echo something").await;
     let result = events
         .iter()
         .find(|e| e["type"] == "tool_result")
@@ -518,20 +504,7 @@ async fn a_reference_server_from_pypi_works_behind_the_gateway_and_the_chat() {
         json!({"timezone": "UTC"}),
     )]));
     fake.push(Step::stream_text(&["It is now."]));
-    let chat = ApiClient::new(&env.api(), Some(TOKEN.to_string()));
-    let mut stream = chat.chat("clock", "what time is it?").await.expect("chat");
-    let mut events = Vec::new();
-    while let Some(e) = tokio::time::timeout(T, stream.next_event())
-        .await
-        .expect("an event in time")
-        .unwrap()
-    {
-        let end = e["type"] == "done" || e["type"] == "error";
-        events.push(e);
-        if end {
-            break;
-        }
-    }
+    let events = chat_turn(&env.api(), Some(TOKEN), "clock", "what time is it?").await;
     let result = events
         .iter()
         .find(|e| e["type"] == "tool_result")

@@ -131,7 +131,11 @@ async fn as_jsonrpc(r: Response) -> Response {
         (status = 409, description = "The session's sandbox has stopped for good (JSON-RPC error body)"),
         (status = 413, description = "Body over MCP_MAX_REQUEST_BYTES (JSON-RPC error body)"),
         (status = 503, description = "The sandbox is on its way, or no leader (JSON-RPC error body, Retry-After)")))]
-pub(super) async fn mcp(State(st): State<AppState>, Path(name): Path<String>, req: Request) -> Response {
+pub(super) async fn mcp(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
     let Some(gateway) = st.inner.gateway.get().cloned() else {
         return jsonrpc_error(
             StatusCode::SERVICE_UNAVAILABLE,

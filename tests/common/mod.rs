@@ -702,3 +702,28 @@ pub fn http_get(url: &str) -> (u16, String) {
         .unwrap_or(0);
     (code, body.to_string())
 }
+
+/// Send one chat message to `api` (with `token`, if any) and collect every event until
+/// `done` or `error` (each within 60 s).
+pub async fn chat_turn(
+    api: &str,
+    token: Option<&str>,
+    name: &str,
+    msg: &str,
+) -> Vec<serde_json::Value> {
+    let client = mcp_orchestrator::client::ApiClient::new(api, token.map(str::to_string));
+    let mut stream = client.chat(name, msg).await.expect("chat accepted");
+    let mut events = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), stream.next_event())
+        .await
+        .expect("an event in time")
+        .unwrap()
+    {
+        let end = e["type"] == "done" || e["type"] == "error";
+        events.push(e);
+        if end {
+            break;
+        }
+    }
+    events
+}
