@@ -629,13 +629,15 @@ async fn mcp_over_stdio(stack: &Stack) {
         .expect("tools/list timed out")
         .expect("tools/list failed");
     let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
-    let calls: [(&str, Value); 6] = [
+    let calls: [(&str, Value); 8] = [
         ("echo", json!({"text": "hello from compose"})),
         ("add", json!({"a": 40, "b": 2})),
         ("sandbox_info", json!({})),
         ("save_note", json!({"name": "n1", "text": "kept in tmpfs"})),
         ("read_note", json!({"name": "n1"})),
         ("list_notes", json!({})),
+        ("sleep", json!({"seconds": 0.1, "steps": 1})),
+        ("toggle_extra_tool", json!({"enabled": false})),
     ];
     let mut unknown: Vec<&String> = names
         .iter()
@@ -673,6 +675,7 @@ async fn mcp_over_stdio(stack: &Stack) {
     }
     assert_eq!(results["echo"], "hello from compose");
     assert_eq!(results["add"], "42");
+    assert!(results["sleep"].starts_with("slept"), "{}", results["sleep"]);
     assert_eq!(results["read_note"], "kept in tmpfs");
     let sandbox: Value = serde_json::from_str(&results["sandbox_info"]).unwrap();
     assert_eq!(

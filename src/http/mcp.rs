@@ -80,34 +80,52 @@ fn unreachable(e: Unreachable) -> Response {
     r
 }
 
-/// Give a plain-text error answer of rmcp's transport a JSON-RPC error body.
+/// The JSON-RPC code of an API refusal, by its Status reason.
+fn code_of(reason: &str) -> i32 {
+    match reason {
+        "NotLeader" | "NoLeader" | "LeaderUnreachable" => crate::mcp::codes::NOT_LEADER,
+        "TooManyRequests" => crate::mcp::codes::BUSY,
+        // The request as a whole was refused (JSON-RPC "invalid request").
+        _ => -32600,
+    }
+}
+
+/// Give an error answer without a JSON-RPC body (rmcp's plain-text refusals, the API's
+/// Status bodies: forwarding failures, stream caps) a JSON-RPC error body, keeping its
+/// status and headers.
 async fn as_jsonrpc(r: Response) -> Response {
     let status = r.status();
-    let is_json = r
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    if !(status.is_client_error() || status.is_server_error()) {
         return r;
     }
     let (parts, body) = r.into_parts();
-    let text = axum::body::to_bytes(body, 4096)
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
         .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default();
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("refused").to_string()
-    } else {
-        text
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if parsed.as_ref().is_some_and(|v| v.get("jsonrpc").is_some()) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let (code, message, data) = match parsed.filter(|v| v["kind"] == "Status") {
+        Some(st) => {
+            let reason = st["reason"].as_str().unwrap_or("Failure").to_string();
+            (
+                code_of(&reason),
+                st["message"].as_str().unwrap_or("refused").to_string(),
+                json!({"reason": reason, "httpStatus": status.as_u16(), "details": st["details"]}),
+            )
+        }
+        None => {
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            let message = if text.is_empty() {
+                status.canonical_reason().unwrap_or("refused").to_string()
+            } else {
+                text
+            };
+            (-32600, message, json!({"httpStatus": status.as_u16()}))
+        }
     };
-    // -32600: the request as a whole was refused (JSON-RPC "invalid request").
-    let mut out = jsonrpc_error(
-        status,
-        -32600,
-        message,
-        json!({"httpStatus": status.as_u16()}),
-    );
+    let mut out = jsonrpc_error(status, code, message, data);
     for (k, v) in &parts.headers {
         if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
             out.headers_mut().insert(k.clone(), v.clone());
