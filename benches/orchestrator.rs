@@ -1608,6 +1608,56 @@ struct Throughput {
     latencies: Vec<Duration>,
     calls_per_s: f64,
     setup_s: f64,
+    /// Through the gateway: CPU per call of `serve` and of the sandbox.
+    cpu: Option<String>,
+}
+
+/// CPU time (seconds) of a container's cgroup and its CFS throttled periods so far
+/// (cgroup v1, else v2).
+fn cgroup_cpu(id: &str) -> Option<(f64, u64)> {
+    let field = |stat: &str, key: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    if let Ok(ns) =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"))
+    {
+        let stat = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/docker/{id}/cpu.stat"))
+            .unwrap_or_default();
+        let used = ns.trim().parse::<f64>().ok()? / 1e9;
+        return Some((used, field(&stat, "nr_throttled ")));
+    }
+    let stat = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/system.slice/docker-{id}.scope/cpu.stat"
+    ))
+    .ok()?;
+    Some((
+        field(&stat, "usage_usec ") as f64 / 1e6,
+        field(&stat, "nr_throttled "),
+    ))
+}
+
+/// CPU of `serve` (pid) and of the sandbox (container id) at one moment.
+type CpuProbe = (f64, Option<(f64, u64)>);
+
+fn cpu_probe(serve: u32, sandbox: Option<&str>) -> CpuProbe {
+    (cpu_seconds(serve), sandbox.and_then(cgroup_cpu))
+}
+
+/// What `serve` and the sandbox used per call between two probes.
+fn cpu_note(a: &CpuProbe, b: &CpuProbe, calls: usize) -> String {
+    let per = |s: f64| s * 1e6 / calls.max(1) as f64;
+    let mut note = format!("serve {:.0} µs", per(b.0 - a.0));
+    if let (Some((u0, t0)), Some((u1, t1))) = (a.1, b.1) {
+        let _ = write!(
+            note,
+            ", sandbox {:.0} µs ({} CFS periods throttled)",
+            per(u1 - u0),
+            t1.saturating_sub(t0)
+        );
+    }
+    note
 }
 
 struct McpResults {
@@ -1621,6 +1671,8 @@ struct McpResults {
     /// `serve`'s CPU time per gateway call (timed and warm-up) during the round trips.
     serve_cpu_us_per_call: f64,
     load_before: String,
+    /// After the round trips, before the throughput runs (which load the machine themselves).
+    load_mid: String,
     load_after: String,
 }
 
@@ -1717,9 +1769,19 @@ async fn mcp_gateway(
     }
     let serve_cpu_us_per_call = (cpu_seconds(o.pid()) - cpu0) * 1e6 / gateway_calls.max(1) as f64;
 
+    let load_mid = loadavg();
+
     let (clients, calls) = (cfg.mcp_clients, cfg.mcp_tput_calls);
+    // Every call through the gateway, warm-up included, for CPU per call.
+    let served = calls + clients * MCP_WARMUP;
+    let sandbox = list_labelled(docker, &format!("orchestrator.mcp.dev/instance={instance}"))
+        .await?
+        .into_iter()
+        .find_map(|c| c.id);
+    let probe = || cpu_probe(o.pid(), sandbox.as_deref());
     let mut throughput = Vec::new();
     eprintln!("bench: MCP throughput, {clients} Python clients on the gateway");
+    let p0 = probe();
     let r = py
         .bench(&ends, McpPath::Gateway, McpMode::Auto, calls, clients)
         .await?;
@@ -1729,8 +1791,10 @@ async fn mcp_gateway(
         latencies: r.latencies,
         calls_per_s: r.calls_per_s,
         setup_s: r.setup_s,
+        cpu: Some(cpu_note(&p0, &probe(), served)),
     });
     eprintln!("bench: MCP throughput, {clients} Rust clients on the gateway");
+    let p0 = probe();
     let (lat, cps, setup) = rust_throughput(&ends, clients, calls).await?;
     throughput.push(Throughput {
         what: "Rust rmcp → gateway, one session (one shared sandbox)".into(),
@@ -1738,6 +1802,7 @@ async fn mcp_gateway(
         latencies: lat,
         calls_per_s: cps,
         setup_s: setup,
+        cpu: Some(cpu_note(&p0, &probe(), served)),
     });
     let mut skipped = None;
     if cfg.mcp_direct_clients {
@@ -1751,6 +1816,7 @@ async fn mcp_gateway(
             latencies: r.latencies,
             calls_per_s: r.calls_per_s,
             setup_s: r.setup_s,
+            cpu: None,
         });
     } else {
         skipped = Some("BENCH_MCP_DIRECT_CLIENTS=0: the 50-sandbox reference was not run".into());
@@ -1769,6 +1835,7 @@ async fn mcp_gateway(
         run_args: ends.run_args,
         serve_cpu_us_per_call,
         load_before,
+        load_mid,
         load_after,
     })
 }
@@ -1794,13 +1861,14 @@ fn write_mcp(r: &mut String, cfg: &Config, m: &McpResults, heading: bool) {
     let calls = m.per_round * m.rounds;
     let _ = writeln!(
         r,
-        "One `echo` tool call's round trip (`{{\"text\": \"…\"}}`), one client, {calls} timed calls per path after {MCP_WARMUP} warm-up calls per connection, in {} interleaved rounds of {} (each round: every client, protocol and path, a new connection each, the paths' order alternating). Same image `{}`. *Gateway*: `serve` (release build, its own Redis and instance, bearer token, `MCP_MAX_IN_FLIGHT={}`, `RUST_LOG=info`, JSON logs to a file) → `/api/v1/sessions/{{name}}/mcp` → the Docker attach stream of the session's sandbox. *Direct*: the same client over stdio to its own `docker {}`, with the sandbox contract's settings taken from the orchestrator's create body. *Python SDK*: `tests/mcp/client.py bench` (official MCP Python SDK); *Rust rmcp*: rmcp's `StreamableHttpClientTransport` and rmcp over the `docker run -i` child's stdout/stdin, in the harness. Percentiles nearest-rank. Load average (1, 5, 15 min) {} at the start, {} at the end.\n",
+        "One `echo` tool call's round trip (`{{\"text\": \"…\"}}`), one client, {calls} timed calls per path after {MCP_WARMUP} warm-up calls per connection, in {} interleaved rounds of {} (each round: every client, protocol and path, a new connection each, the paths' order alternating). Same image `{}`. *Gateway*: `serve` (release build, its own Redis and instance, bearer token, `MCP_MAX_IN_FLIGHT={}`, `RUST_LOG=info`, JSON logs to a file) → `/api/v1/sessions/{{name}}/mcp` → the Docker attach stream of the session's sandbox. *Direct*: the same client over stdio to its own `docker {}`, with the sandbox contract's settings taken from the orchestrator's create body. *Python SDK*: `tests/mcp/client.py bench` (official MCP Python SDK); *Rust rmcp*: rmcp's `StreamableHttpClientTransport` and rmcp over the `docker run -i` child's stdout/stdin, in the harness. Percentiles nearest-rank. Load average (1, 5, 15 min; the machine's, this run's own processes included): {} at the start, {} after the round trips, {} at the end (after the throughput runs, which load the machine themselves).\n",
         m.rounds,
         m.per_round,
         cfg.image,
         m.in_flight,
         m.run_args.join(" "),
         m.load_before,
+        m.load_mid,
         m.load_after,
     );
     let _ = writeln!(
@@ -1837,20 +1905,21 @@ fn write_mcp(r: &mut String, cfg: &Config, m: &McpResults, heading: bool) {
     );
     let _ = writeln!(
         r,
-        "Throughput: {} clients at once, {} timed calls split evenly, each client on its own connection after {MCP_WARMUP} warm-up calls; calls/s from the moment all are connected and warmed up (connecting is *setup*). Protocol 2026-07-28.\n\n| clients and path | clients | calls/s | p50 | p99 | setup |\n|---|---|---|---|---|---|",
+        "Throughput: {} clients at once, {} timed calls split evenly, each client on its own connection after {MCP_WARMUP} warm-up calls; calls/s from the moment all are connected and warmed up (connecting is *setup*). Protocol 2026-07-28.\n\n| clients and path | clients | calls/s | p50 | p99 | setup | CPU per call (warm-up included) |\n|---|---|---|---|---|---|---|",
         cfg.mcp_clients, cfg.mcp_tput_calls,
     );
     for t in &m.throughput {
         let d = Dist::new(&t.latencies);
         let _ = writeln!(
             r,
-            "| {} | {} | {:.0} | {} ms | {} ms | {:.1} s |",
+            "| {} | {} | {:.0} | {} ms | {} ms | {:.1} s | {} |",
             t.what,
             t.clients,
             t.calls_per_s,
             ms2(d.p(0.5)),
             ms2(d.p(0.99)),
             t.setup_s,
+            t.cpu.as_deref().unwrap_or("-"),
         );
     }
     if let Some(s) = &m.skipped {
