@@ -39,7 +39,8 @@ Subcommands (each result is one JSON object per line on stdout):
   way, then how the call ended (result, JSON-RPC error, transport error or timeout) and when;
   with ``--retry-until-ok S``, then ``{"recovered": bool, "after_ms": N}`` once an ``echo`` on
   the same client works again (tried every 0.25 s for up to S seconds).
-* ``bench --calls N --clients C``: ``echo`` round trips after a warm-up: p50/p99 and calls/s.
+* ``bench --calls N --clients C [--raw]``: ``echo`` round trips after a warm-up: p50/p99 and
+  calls/s, the negotiated protocol version(s); ``--raw`` adds every call's latency (ms).
 
 Exit codes: 0 when the operation completed (a JSON-RPC error or an ``isError`` result from
 ``call`` counts as completed: it is printed), 1 on failure (connection or transport error,
@@ -480,10 +481,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     connected = [anyio.Event() for _ in range(args.clients)]
     go = anyio.Event()
     errors: list[str] = []
+    versions: set[str] = set()
 
     async def one_client(i: int) -> None:
         try:
             async with connect(args) as client:
+                versions.add(str(client.protocol_version))
                 for j in range(args.warmup):
                     await client.call_tool("echo", {"text": f"warm-{i}-{j}"})
                 connected[i].set()
@@ -509,10 +512,13 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         go.set()
     elapsed = time.perf_counter() - started
+    raw = {"latencies_ms": [round(v, 3) for v in latencies]} if args.raw else {}
     emit(
         {
+            **raw,
             "clients": args.clients,
             "calls": len(latencies),
+            "protocol_versions": sorted(versions),
             "warmup_per_client": args.warmup,
             "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99),
@@ -587,6 +593,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--clients", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20, help="warm-up calls per client")
+    p.add_argument("--raw", action="store_true", help="also print every call's latency (latencies_ms)")
     return main
 
 
