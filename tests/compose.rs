@@ -675,7 +675,11 @@ async fn mcp_over_stdio(stack: &Stack) {
     }
     assert_eq!(results["echo"], "hello from compose");
     assert_eq!(results["add"], "42");
-    assert!(results["sleep"].starts_with("slept"), "{}", results["sleep"]);
+    assert!(
+        results["sleep"].starts_with("slept"),
+        "{}",
+        results["sleep"]
+    );
     assert_eq!(results["read_note"], "kept in tmpfs");
     let sandbox: Value = serde_json::from_str(&results["sandbox_info"]).unwrap();
     assert_eq!(

@@ -442,7 +442,7 @@ pub struct LogsArgs {
     since: Option<Duration>,
 }
 
-/// Set up logging: `RUST_LOG` filters (default `info` for serve, `warn` otherwise),
+/// Set up logging: `RUST_LOG` filters (default `info,rmcp=warn` for serve, `warn` otherwise),
 /// `LOG_FORMAT=json` gives one JSON object per line. Logs go to stderr.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -462,7 +462,8 @@ pub fn init_logging(default: &str) {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(if matches!(cli.command, Command::Serve(_)) {
-        "info"
+        // rmcp logs every gateway request at info: three lines per tool call.
+        "info,rmcp=warn"
     } else {
         "warn"
     });

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use super::AppState;
 use super::forward::{Hop, to_leader};
 use super::limits::StreamKind;
-use crate::mcp::gateway::{Unreachable, resolve};
+use crate::mcp::gateway::{Resolved, Unreachable, resolve};
 
 const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -203,8 +203,9 @@ pub(super) async fn mcp(
         Ok(None) => {}
         Err(e) => return as_jsonrpc(e.into_response()).await,
     }
+    let mut resolved = None;
     match resolve(gateway.store(), &name).await {
-        Ok(_) => {}
+        Ok((session, container)) => resolved = Some(Resolved { session, container }),
         Err(Unreachable::NotRunning { .. }) if method == Method::DELETE => {}
         Err(e) => {
             if matches!(e, Unreachable::NotFound(_)) {
@@ -222,7 +223,10 @@ pub(super) async fn mcp(
     } else {
         None
     };
-    let req = Request::from_parts(parts, Body::from(bytes));
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    if let Some(r) = resolved {
+        req.extensions_mut().insert(r);
+    }
     let answer = match gateway.service(&name).oneshot(req).await {
         Ok(a) => a.map(Body::new),
         Err(never) => match never {},

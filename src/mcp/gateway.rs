@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use rmcp::model::{ErrorCode, ErrorData};
+use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -103,6 +104,26 @@ pub async fn resolve(store: &Store, name: &str) -> Result<(Session, String), Unr
     }
 }
 
+/// What the HTTP layer resolved for one request (put in the request's extensions, which
+/// rmcp hands to the handler with the request's HTTP parts): the upstream then need not
+/// ask the store again.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The session, as read for this request.
+    pub session: Session,
+    /// Its running container.
+    pub container: String,
+}
+
+/// The session and container the HTTP layer resolved for the request of `ctx`, if any.
+fn resolved(ctx: &RequestContext<RoleServer>) -> Option<Resolved> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()?
+        .extensions
+        .get::<Resolved>()
+        .cloned()
+}
+
 /// A session's sandbox as an upstream.
 struct SandboxUpstream {
     store: Store,
@@ -111,11 +132,18 @@ struct SandboxUpstream {
 }
 
 impl Upstream for SandboxUpstream {
-    fn link(&self) -> BoxFuture<'_, Result<Link, ErrorData>> {
+    fn link<'a>(
+        &'a self,
+        ctx: &'a RequestContext<RoleServer>,
+    ) -> BoxFuture<'a, Result<Link, ErrorData>> {
         Box::pin(async move {
-            let (session, container) = resolve(&self.store, &self.session)
-                .await
-                .map_err(|e| e.to_jsonrpc())?;
+            // Checked on every request: by the HTTP layer for this very request, or here.
+            let (session, container) = match resolved(ctx) {
+                Some(r) if r.session.metadata.name == self.session => (r.session, r.container),
+                _ => resolve(&self.store, &self.session)
+                    .await
+                    .map_err(|e| e.to_jsonrpc())?,
+            };
             let conn = self
                 .pool
                 .get(&self.session, &container)

@@ -52,9 +52,12 @@ pub struct Link {
 
 /// Where a [`ProxyHandler`] forwards to.
 pub trait Upstream: Send + Sync + 'static {
-    /// The upstream to use for one request, attaching and initializing when there is none
-    /// (or the last one died), or the JSON-RPC error that says why there can be none.
-    fn link(&self) -> BoxFuture<'_, Result<Link, ErrorData>>;
+    /// The upstream to use for the request of `ctx`, attaching and initializing when there
+    /// is none (or the last one died), or the JSON-RPC error that says why there can be none.
+    fn link<'a>(
+        &'a self,
+        ctx: &'a RequestContext<RoleServer>,
+    ) -> BoxFuture<'a, Result<Link, ErrorData>>;
 }
 
 /// Sends `notifications/cancelled` upstream when dropped while armed: the client cancelled
@@ -213,7 +216,7 @@ impl ProxyHandler {
     ) -> Result<T, ErrorData> {
         let started = Instant::now();
         let r = async {
-            let link = self.upstream.link().await?;
+            let link = self.upstream.link(ctx).await?;
             let request = make(&link)?;
             let mut answer = self.forward(method, request, &link, ctx).await?;
             mark_complete(&mut answer);
@@ -296,7 +299,7 @@ impl ServerHandler for ProxyHandler {
         let started = Instant::now();
         // Link first: a session that cannot be reached fails its initialize, and the
         // capabilities offered are the sandbox server's.
-        let r = self.upstream.link().await;
+        let r = self.upstream.link(&context).await;
         self.observe(
             "initialize",
             r.as_ref().map(|_| "ok").unwrap_or_else(result_label),
@@ -312,9 +315,12 @@ impl ServerHandler for ProxyHandler {
         *self.registration.lock().unwrap_or_else(|e| e.into_inner()) = Some(reg);
     }
 
-    async fn discover(&self, _: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
         let started = Instant::now();
-        let r = self.upstream.link().await;
+        let r = self.upstream.link(&context).await;
         self.observe(
             "server/discover",
             r.as_ref().map(|_| "ok").unwrap_or_else(result_label),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rmcp::ServiceExt;
 use rmcp::model::{ErrorCode, ErrorData};
-use rmcp::service::{RoleClient, RunningService};
+use rmcp::service::{RequestContext, RoleClient, RoleServer, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::json;
@@ -74,7 +74,10 @@ impl GatewayUpstream {
 }
 
 impl Upstream for GatewayUpstream {
-    fn link(&self) -> BoxFuture<'_, Result<Link, ErrorData>> {
+    fn link<'a>(
+        &'a self,
+        _: &'a RequestContext<RoleServer>,
+    ) -> BoxFuture<'a, Result<Link, ErrorData>> {
         Box::pin(async move {
             let mut conn = self.conn.lock().await;
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
