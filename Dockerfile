@@ -65,7 +65,7 @@ ENV APP_UID=${APP_UID} \
     PORT=${PORT} \
     REMOVE_SANDBOXES_ON_STOP=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    RUST_LOG=info
+    RUST_LOG=info,rmcp=warn
 EXPOSE ${PORT}
 # The image starts as root only for docker-entrypoint, which runs everything else as
 # APP_UID; the health check goes through it too, as the same user as the server.
