@@ -55,6 +55,8 @@ pub struct Metrics {
     pub mcp_duration: HistogramVec,
     /// MCP clients connected to a session's gateway now (sessions plus open listen streams).
     pub mcp_clients: IntGauge,
+    /// Gateway requests in flight to sandboxes now (all sessions).
+    pub mcp_in_flight: IntGauge,
 }
 
 impl Default for Metrics {
@@ -186,8 +188,14 @@ impl Metrics {
             "MCP clients connected to the gateway now.",
         )
         .expect("valid");
+        let mcp_in_flight = IntGauge::new(
+            "mcpo_mcp_in_flight",
+            "Gateway requests in flight to sandboxes now.",
+        )
+        .expect("valid");
         for c in [
             Box::new(task_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(mcp_in_flight.clone()),
             Box::new(mcp_requests.clone()),
             Box::new(mcp_duration.clone()),
             Box::new(mcp_clients.clone()),
@@ -240,6 +248,7 @@ impl Metrics {
             mcp_requests,
             mcp_duration,
             mcp_clients,
+            mcp_in_flight,
         }
     }
 

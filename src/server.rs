@@ -452,7 +452,7 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     let pool = Arc::new(
         crate::mcp::upstream::McpPool::new(runtime.clone(), a.mcp_call_timeout)
             .with_max_in_flight(a.mcp_max_in_flight as usize)
-            .with_client_gauge(metrics.mcp_clients.clone())
+            .with_gauges(metrics.mcp_clients.clone(), metrics.mcp_in_flight.clone())
             .with_gate({
                 let leadership = leadership.clone();
                 move || leadership.is_leader()
@@ -465,7 +465,7 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
         crate::mcp::gateway::GatewayConfig {
             max_request_bytes: a.mcp_max_request_bytes as usize,
             allowed_origins: a.mcp_allowed_origins.clone(),
-            loopback_hosts_only: token.is_none(),
+            loopback_hosts_only: token.is_none() && addr.ip().is_loopback(),
         },
         shutdown.clone(),
     ));

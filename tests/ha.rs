@@ -213,11 +213,35 @@ async fn a_standby_forwards_a_chat_turn_to_the_leader_streaming() {
         .expect("tools/call");
     assert!(format!("{r:?}").contains("mcp via the leader"), "{r:?}");
     let _ = mcp.cancel().await;
+    // The Python SDK in both eras through the standby (2026-07-28 needs its Mcp-Method and
+    // Mcp-Name headers passed on).
+    let py = common::mcp_py::require();
+    let url = format!("{}/api/v1/sessions/fwd/mcp", b.api());
+    for mode in [common::mcp_py::Mode::Auto, common::mcp_py::Mode::Legacy] {
+        let (py, url) = (py.clone(), url.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            py.run(
+                &common::mcp_py::Connection::http(&url, "no-token-set").mode(mode),
+                "call",
+                &["echo", r#"{"text": "sdk via the standby"}"#],
+                T,
+            )
+        })
+        .await
+        .unwrap()
+        .success();
+        assert_eq!(
+            out.last()["result"]["texts"],
+            serde_json::json!(["sdk via the standby"]),
+            "{mode:?}: {:?}",
+            out.lines
+        );
+    }
     assert!(b.metric("mcpo_forwarded_requests_total").unwrap() >= 3.0);
     assert_eq!(
         a.metric(r#"mcpo_mcp_requests_total{method="tools/call",result="ok"}"#),
-        Some(1.0),
-        "the leader served the call"
+        Some(3.0),
+        "the leader served the calls"
     );
 }
 

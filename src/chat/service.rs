@@ -389,8 +389,9 @@ impl ChatService {
                         r.structured_content.clone(),
                     )
                 }
-                // The upstream is shared with the gateway's clients: a timed-out call was
-                // cancelled upstream, a dead one is replaced on next use; never closed here.
+                // The upstream is shared with the gateway's clients: a timed-out call is
+                // cancelled upstream (McpConn::call_tool), a dead connection is replaced on
+                // next use; never closed here.
                 Err(e) => (true, e.to_string(), None),
             },
         };

@@ -131,7 +131,8 @@ pub(super) async fn to_leader(st: &AppState, hop: Hop<'_>) -> Result<Option<Resp
         )
     })?;
     st.inner.metrics.forwarded.inc();
-    if matches!(answer.status().as_u16(), 401 | 403) {
+    // Only 401: a 403 is the leader's own answer (an `Origin` it refuses), passed on.
+    if answer.status().as_u16() == 401 {
         // The caller's token was good here: the replicas do not share one.
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -26,7 +26,8 @@ const SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
-/// The headers an MCP request passes on to the leader.
+/// The headers an MCP request passes on to the leader, besides every `Mcp-*` header
+/// (`Mcp-Session-Id`, and 2026-07-28's `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`).
 const PASS: [HeaderName; 6] = [
     header::CONTENT_TYPE,
     header::ACCEPT,
@@ -189,11 +190,20 @@ pub(super) async fn mcp(
         }
     };
     let path = ["api", "v1", "sessions", name.as_str(), "mcp"];
+    let mut pass: Vec<HeaderName> = PASS.to_vec();
+    pass.extend(
+        parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("mcp-") && !PASS.contains(k))
+            .cloned(),
+    );
+    pass.dedup();
     let hop = Hop {
         method: method.clone(),
         segments: &path,
         headers: &parts.headers,
-        pass: &PASS,
+        pass: &pass,
         back: &BACK,
         body: bytes.clone(),
         kind: StreamKind::Mcp,

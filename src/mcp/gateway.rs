@@ -153,6 +153,7 @@ impl Upstream for SandboxUpstream {
                 peer: conn.peer().clone(),
                 filter: session.spec.mcp_tools(),
                 timeout: conn.timeout(),
+                generation: conn.generation(),
             })
         })
     }

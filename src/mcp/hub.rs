@@ -33,8 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::codes;
 
-/// Most notifications queued for one listen stream; beyond, the oldest news is dropped
-/// (list changes are idempotent: one pending is as good as many).
+/// Most notifications queued for one listen stream; beyond, new ones are dropped (list
+/// changes are idempotent: one pending is as good as many).
 const STREAM_QUEUE: usize = 16;
 
 /// A connected client that receives broadcasts.
@@ -56,11 +56,33 @@ pub struct Hub {
     session: String,
     next: AtomicU64,
     listeners: Mutex<HashMap<u64, Listener>>,
-    progress: Mutex<HashMap<ProgressToken, ProgressRoute>>,
+    /// (upstream connection generation, upstream token) → route: rmcp numbers tokens per
+    /// connection, and a hub outlives its connections.
+    progress: Mutex<HashMap<(u64, ProgressToken), ProgressRoute>>,
+    generations: AtomicU64,
     in_flight: Arc<Semaphore>,
     limit: usize,
     capabilities: Mutex<Option<ServerCapabilities>>,
     on_clients: Option<prometheus::IntGauge>,
+    on_in_flight: Option<prometheus::IntGauge>,
+}
+
+/// Most clients connected to one session at once (initialize-era sessions plus listen
+/// streams); beyond, `initialize` and `subscriptions/listen` are refused.
+pub const MAX_CLIENTS_PER_SESSION: usize = 256;
+
+/// One admitted request in flight; gives its slot back when dropped.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,29 +108,36 @@ impl Drop for Registration {
 /// Removes a progress route when dropped (the request ended).
 pub struct ProgressGuard {
     hub: Arc<Hub>,
-    token: ProgressToken,
+    key: (u64, ProgressToken),
 }
 
 impl Drop for ProgressGuard {
     fn drop(&mut self) {
-        lock(&self.hub.progress).remove(&self.token);
+        lock(&self.hub.progress).remove(&self.key);
     }
 }
 
 impl Hub {
     /// The hub of `session`, admitting at most `limit` requests in flight; `clients` counts
-    /// connected clients (a gauge shared by every hub).
-    pub fn new(session: &str, limit: usize, clients: Option<prometheus::IntGauge>) -> Arc<Hub> {
+    /// connected clients and `in_flight` admitted requests (gauges shared by every hub).
+    pub fn new(
+        session: &str,
+        limit: usize,
+        clients: Option<prometheus::IntGauge>,
+        in_flight: Option<prometheus::IntGauge>,
+    ) -> Arc<Hub> {
         let limit = limit.max(1);
         Arc::new(Hub {
             session: session.to_string(),
             next: AtomicU64::new(1),
             listeners: Mutex::default(),
             progress: Mutex::default(),
+            generations: AtomicU64::new(1),
             in_flight: Arc::new(Semaphore::new(limit)),
             limit,
             capabilities: Mutex::default(),
             on_clients: clients,
+            on_in_flight: in_flight,
         })
     }
 
@@ -165,26 +194,33 @@ impl Hub {
         }
     }
 
-    /// Route `upstream_token`'s progress back to `peer` under the client's `token`, until
-    /// the guard is dropped.
+    /// A new number for an upstream connection of this hub.
+    pub fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Route the progress of `upstream_token` on upstream connection `generation` back to
+    /// `peer` under the client's `token`, until the guard is dropped.
     pub fn track_progress(
         self: &Arc<Self>,
+        generation: u64,
         upstream_token: ProgressToken,
         peer: Peer<RoleServer>,
         token: ProgressToken,
     ) -> ProgressGuard {
-        lock(&self.progress).insert(upstream_token.clone(), ProgressRoute { peer, token });
+        let key = (generation, upstream_token);
+        lock(&self.progress).insert(key.clone(), ProgressRoute { peer, token });
         ProgressGuard {
             hub: self.clone(),
-            token: upstream_token,
+            key,
         }
     }
 
-    /// Deliver an upstream progress notification to the client that owns its token
-    /// (dropped when none does: the request already ended).
-    pub fn route_progress(&self, mut p: ProgressNotificationParam) {
+    /// Deliver a progress notification of upstream connection `generation` to the client
+    /// that owns its token (dropped when none does: the request already ended).
+    pub fn route_progress(&self, generation: u64, mut p: ProgressNotificationParam) {
         let route = lock(&self.progress)
-            .get(&p.progress_token)
+            .get(&(generation, p.progress_token.clone()))
             .map(|r| (r.peer.clone(), r.token.clone()));
         if let Some((peer, token)) = route {
             p.progress_token = token;
@@ -196,8 +232,8 @@ impl Hub {
 
     /// A slot for one request in flight, or the JSON-RPC error that says the session is
     /// at its limit.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ErrorData> {
-        self.in_flight.clone().try_acquire_owned().map_err(|_| {
+    pub fn admit(&self) -> Result<Admitted, ErrorData> {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             ErrorData::new(
                 ErrorCode(codes::BUSY),
                 format!(
@@ -206,7 +242,32 @@ impl Hub {
                 ),
                 Some(json!({"reason": "TooManyRequests", "session": self.session, "limit": self.limit})),
             )
+        })?;
+        if let Some(g) = &self.on_in_flight {
+            g.inc();
+        }
+        Ok(Admitted {
+            _permit: permit,
+            gauge: self.on_in_flight.clone(),
         })
+    }
+
+    /// May one more client connect, or the JSON-RPC error that says the session has
+    /// [`MAX_CLIENTS_PER_SESSION`].
+    pub fn admit_client(&self) -> Result<(), ErrorData> {
+        if self.clients() < MAX_CLIENTS_PER_SESSION {
+            return Ok(());
+        }
+        Err(ErrorData::new(
+            ErrorCode(codes::BUSY),
+            format!(
+                "session {} has {MAX_CLIENTS_PER_SESSION} clients connected, the most it takes; retry when one leaves",
+                self.session
+            ),
+            Some(
+                json!({"reason": "TooManyClients", "session": self.session, "limit": MAX_CLIENTS_PER_SESSION}),
+            ),
+        ))
     }
 
     /// The upstream server's capabilities, as last seen.

@@ -48,6 +48,8 @@ pub struct Link {
     pub filter: ToolFilter,
     /// How long a request may take upstream.
     pub timeout: Duration,
+    /// The upstream connection's number in the hub ([`super::upstream::Relay::generation`]).
+    pub generation: u64,
 }
 
 /// Where a [`ProxyHandler`] forwards to.
@@ -166,8 +168,12 @@ impl ProxyHandler {
                 )
             })?;
         let _progress = ctx.meta.get_progress_token().map(|t| {
-            self.hub
-                .track_progress(handle.progress_token.clone(), ctx.peer.clone(), t)
+            self.hub.track_progress(
+                link.generation,
+                handle.progress_token.clone(),
+                ctx.peer.clone(),
+                t,
+            )
         });
         let mut cancel = CancelOnDrop {
             peer: link.peer.clone(),
@@ -280,6 +286,15 @@ impl ServerHandler for ProxyHandler {
         let mut tools = caps.tools.take().unwrap_or_default();
         tools.list_changed = Some(true);
         caps.tools = Some(tools);
+        // Only what this proxy forwards: no logging (deprecated, not relayed), no resource
+        // subscriptions (would need per-client upstream subscriptions), no extensions (tasks,
+        // skills) or experimental features.
+        caps.logging = None;
+        if let Some(r) = caps.resources.as_mut() {
+            r.subscribe = None;
+        }
+        caps.extensions = None;
+        caps.experimental = None;
         ServerConfig::new(caps)
             .with_server_info(Implementation::new(
                 "mcp-orchestrator-gateway",
@@ -299,7 +314,10 @@ impl ServerHandler for ProxyHandler {
         let started = Instant::now();
         // Link first: a session that cannot be reached fails its initialize, and the
         // capabilities offered are the sandbox server's.
-        let r = self.upstream.link(&context).await;
+        let r = match self.hub.admit_client() {
+            Ok(()) => self.upstream.link(&context).await,
+            Err(e) => Err(e),
+        };
         self.observe(
             "initialize",
             r.as_ref().map(|_| "ok").unwrap_or_else(result_label),
@@ -345,6 +363,9 @@ impl ServerHandler for ProxyHandler {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        self.hub.admit_client()?;
+        // The sandbox must be reachable, and its capabilities known to the hub.
+        self.upstream.link(context.request_context()).await?;
         let (_registration, mut rx) = self.hub.register_stream();
         loop {
             tokio::select! {

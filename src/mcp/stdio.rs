@@ -30,6 +30,9 @@ use crate::domain::resource::ToolFilter;
 /// to the sandbox; this only covers a gateway that stopped answering).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long connecting to the gateway (and ending the session there) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Failures of the stdio proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -57,19 +60,28 @@ impl GatewayUpstream {
             config = config.auth_header(t.clone());
         }
         let transport = StreamableHttpClientTransport::from_config(config);
-        Relay::new(self.hub.clone())
-            .serve(transport)
-            .await
-            .map_err(|e| {
-                ErrorData::new(
-                    ErrorCode(codes::SANDBOX_UNAVAILABLE),
-                    format!(
-                        "cannot reach the session's MCP gateway at {}: {e}",
-                        self.url
-                    ),
-                    Some(json!({"reason": "GatewayUnreachable", "url": self.url})),
-                )
-            })
+        let unreachable = |why: String| {
+            ErrorData::new(
+                ErrorCode(codes::SANDBOX_UNAVAILABLE),
+                format!(
+                    "cannot reach the session's MCP gateway at {}: {why}",
+                    self.url
+                ),
+                Some(json!({"reason": "GatewayUnreachable", "url": self.url})),
+            )
+        };
+        let client = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Relay::new(self.hub.clone()).serve(transport),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        // Offer the stdio client what the gateway offers (prompts, resources...).
+        if let Some(info) = client.peer().peer_info() {
+            self.hub.set_capabilities(info.capabilities.clone());
+        }
+        Ok(client)
     }
 }
 
@@ -83,15 +95,16 @@ impl Upstream for GatewayUpstream {
             if conn.as_ref().is_none_or(|c| c.is_closed()) {
                 *conn = Some(self.connect().await?);
             }
-            let peer = conn
+            let (peer, generation) = conn
                 .as_ref()
-                .map(|c| c.peer().clone())
+                .map(|c| (c.peer().clone(), c.service().generation()))
                 .ok_or_else(|| ErrorData::internal_error("no gateway connection", None))?;
             Ok(Link {
                 peer,
                 // The gateway applies the session's policy.
                 filter: ToolFilter::default(),
                 timeout: REQUEST_TIMEOUT,
+                generation,
             })
         })
     }
@@ -100,7 +113,7 @@ impl Upstream for GatewayUpstream {
 /// Serve MCP on this process's stdin/stdout for `session`, proxying to the gateway at `url`
 /// (`…/api/v1/sessions/{name}/mcp`) with the bearer `token`, until stdin closes.
 pub async fn serve(session: &str, url: String, token: Option<String>) -> Result<(), StdioError> {
-    let hub = Hub::new(session, usize::MAX >> 4, None);
+    let hub = Hub::new(session, usize::MAX >> 4, None, None);
     let upstream = Arc::new(GatewayUpstream {
         url,
         token,
@@ -114,7 +127,8 @@ pub async fn serve(session: &str, url: String, token: Option<String>) -> Result<
         .map_err(|e| StdioError::Serve(e.to_string()))?;
     let r = running.waiting().await;
     if let Some(c) = upstream.conn.lock().await.take() {
-        let _ = c.cancel().await;
+        // Ends the gateway session (DELETE), unless the gateway does not answer.
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, c.cancel()).await;
     }
     r.map(|_| ()).map_err(|e| StdioError::Ended(e.to_string()))
 }

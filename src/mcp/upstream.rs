@@ -28,11 +28,12 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::AttachContainerOptions;
 use futures::StreamExt;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProgressNotificationParam, PromptListChangedNotification, ResourceListChangedNotification,
-    ServerNotification, Tool, ToolListChangedNotification,
+    CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
+    ClientRequest, Implementation, ProgressNotificationParam, PromptListChangedNotification,
+    ResourceListChangedNotification, ServerNotification, ServerResult, Tool,
+    ToolListChangedNotification,
 };
-use rmcp::service::{NotificationContext, Peer, RoleClient, RunningService};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RoleClient, RunningService};
 use rmcp::{ClientHandler, ServiceExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -48,12 +49,19 @@ use crate::runtime::Runtime;
 /// a shared upstream cannot tell which client would answer), so the server asks none.
 pub struct Relay {
     hub: Arc<Hub>,
+    generation: u64,
 }
 
 impl Relay {
-    /// A relay into `hub`.
+    /// A relay into `hub`, for a new upstream connection (numbered by the hub).
     pub fn new(hub: Arc<Hub>) -> Relay {
-        Relay { hub }
+        let generation = hub.next_generation();
+        Relay { hub, generation }
+    }
+
+    /// The number of the connection this relay serves.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -70,7 +78,7 @@ impl ClientHandler for Relay {
         params: ProgressNotificationParam,
         _: NotificationContext<RoleClient>,
     ) {
-        self.hub.route_progress(params);
+        self.hub.route_progress(self.generation, params);
     }
 
     async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
@@ -120,6 +128,12 @@ impl McpConn {
         &self.container_id
     }
 
+    /// The number of this connection in its session's hub (progress routes are per
+    /// connection).
+    pub fn generation(&self) -> u64 {
+        self.client.service().generation()
+    }
+
     /// The upstream peer: send any client request to the sandbox's server.
     pub fn peer(&self) -> &Peer<RoleClient> {
         self.client.peer()
@@ -153,7 +167,8 @@ impl McpConn {
         }
     }
 
-    /// Call one tool.
+    /// Call one tool. A call that outlives the timeout is cancelled upstream
+    /// (`notifications/cancelled`, by rmcp), so the sandbox stops working on it.
     pub async fn call_tool(
         &self,
         name: &str,
@@ -161,12 +176,27 @@ impl McpConn {
     ) -> Result<CallToolResult, McpError> {
         let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
         let what = format!("tools/call {name}");
-        match tokio::time::timeout(self.timeout, self.client.call_tool(params)).await {
-            Err(_) => Err(McpError::Timeout {
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let answer = async {
+            self.client
+                .peer()
+                .send_request_with_option(request, PeerRequestOptions::with_timeout(self.timeout))
+                .await?
+                .await_response()
+                .await
+        }
+        .await;
+        match answer {
+            Ok(ServerResult::CallToolResult(r)) => Ok(r),
+            Ok(_) => Err(McpError::Refused {
+                what,
+                message: "the answer is not a tool result".into(),
+            }),
+            Err(rmcp::ServiceError::Timeout { .. }) => Err(McpError::Timeout {
                 what,
                 secs: self.timeout.as_secs(),
             }),
-            Ok(r) => r.map_err(|e| classify(&what, e)),
+            Err(e) => Err(classify(&what, e)),
         }
     }
 }
@@ -223,7 +253,7 @@ pub async fn connect(
         }
         // Dropping `feed` gives the client EOF: the transport closes.
     }));
-    let relay = Relay { hub };
+    let relay = Relay::new(hub);
     let client = match tokio::time::timeout(timeout, relay.serve((reader, attached.input))).await {
         Err(_) => {
             return Err(McpError::Timeout {
@@ -263,6 +293,8 @@ pub struct McpPool {
     max_in_flight: usize,
     /// Counts connected clients across hubs.
     clients: Option<prometheus::IntGauge>,
+    /// Counts admitted gateway requests in flight across hubs.
+    in_flight: Option<prometheus::IntGauge>,
 }
 
 /// Close whatever connection `slot` holds, without waiting for an attach in progress on it
@@ -295,6 +327,7 @@ impl McpPool {
             hubs: std::sync::Mutex::new(HashMap::new()),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             clients: None,
+            in_flight: None,
         }
     }
 
@@ -304,9 +337,14 @@ impl McpPool {
         self
     }
 
-    /// Count connected clients in `gauge`.
-    pub fn with_client_gauge(mut self, gauge: prometheus::IntGauge) -> McpPool {
-        self.clients = Some(gauge);
+    /// Count connected clients in `clients` and gateway requests in flight in `in_flight`.
+    pub fn with_gauges(
+        mut self,
+        clients: prometheus::IntGauge,
+        in_flight: prometheus::IntGauge,
+    ) -> McpPool {
+        self.clients = Some(clients);
+        self.in_flight = Some(in_flight);
         self
     }
 
@@ -321,7 +359,14 @@ impl McpPool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(session.to_string())
-            .or_insert_with(|| Hub::new(session, self.max_in_flight, self.clients.clone()))
+            .or_insert_with(|| {
+                Hub::new(
+                    session,
+                    self.max_in_flight,
+                    self.clients.clone(),
+                    self.in_flight.clone(),
+                )
+            })
             .clone()
     }
 
@@ -397,6 +442,12 @@ impl McpPool {
             what: "attach and initialize".into(),
             secs,
         })??;
+        if self.gate.as_ref().is_some_and(|open| !open()) {
+            // The term ended while attaching: the next leader attaches; never keep a
+            // second attach here.
+            fresh.close();
+            return Err(McpError::NotLeader);
+        }
         let fresh = Arc::new(fresh);
         *conn = Some(fresh.clone());
         if let Some(info) = fresh.peer().peer_info() {
