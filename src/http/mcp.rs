@@ -5,7 +5,7 @@
 //! leader attaches to sandboxes); answers a missing session with 404, a session whose
 //! sandbox does not run with 503 + `Retry-After` (on its way: Pending, Creating, BackOff)
 //! or 409 (Succeeded, Failed, Terminating) — each with a JSON-RPC error body; caps open
-//! GET streams. Errors rmcp answers in plain text (a bad `MCP-Protocol-Version`, a refused
+//! answers (`MAX_MCP_STREAMS`). Errors rmcp answers in plain text (a bad `MCP-Protocol-Version`, a refused
 //! `Origin`, a body over the limit) get a JSON-RPC error body too.
 
 use axum::Router;
@@ -224,14 +224,11 @@ pub(super) async fn mcp(
             return unreachable(e);
         }
     }
-    // A client's GET stream lives long: it counts against the MCP stream cap.
-    let permit = if method == Method::GET {
-        match st.inner.streams.acquire(StreamKind::Mcp) {
-            Ok(p) => Some(p),
-            Err(e) => return as_jsonrpc(e.into_response()).await,
-        }
-    } else {
-        None
+    // Every answer counts against the MCP stream cap while it streams: GET streams and
+    // 2026-07-28 `subscriptions/listen` answers live long.
+    let permit = match st.inner.streams.acquire(StreamKind::Mcp) {
+        Ok(p) => p,
+        Err(e) => return as_jsonrpc(e.into_response()).await,
     };
     let mut req = Request::from_parts(parts, Body::from(bytes));
     if let Some(r) = resolved {
@@ -242,15 +239,10 @@ pub(super) async fn mcp(
         Err(never) => match never {},
     };
     let answer = as_jsonrpc(answer).await;
-    match permit {
-        None => answer,
-        Some(permit) => {
-            let (parts, body) = answer.into_parts();
-            let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
-                let _held = &permit;
-                chunk
-            });
-            Response::from_parts(parts, Body::from_stream(stream))
-        }
-    }
+    let (parts, body) = answer.into_parts();
+    let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
