@@ -211,21 +211,12 @@ impl ChatService {
 
     /// Pre-flight: fail fast with a clear error, or return what the turn needs.
     pub async fn prepare(&self, name: &str) -> Result<Prepared, ChatError> {
-        let session = self
-            .store
-            .get(name)
-            .await?
-            .ok_or_else(|| ChatError::NotFound(name.to_string()))?;
-        let container = match (&session.status, session.phase()) {
-            (Some(st), Phase::Running) => st.container_id.clone(),
-            _ => None,
-        };
-        let Some(container) = container else {
-            return Err(ChatError::NotRunning {
-                name: name.to_string(),
-                phase: session.phase(),
-            });
-        };
+        use crate::mcp::gateway::{Unreachable, resolve};
+        let (session, container) = resolve(&self.store, name).await.map_err(|e| match e {
+            Unreachable::NotFound(name) => ChatError::NotFound(name),
+            Unreachable::NotRunning { name, phase } => ChatError::NotRunning { name, phase },
+            Unreachable::Store(e) => ChatError::Store(e),
+        })?;
         if !self.gemini.has_api_key() {
             return Err(ChatError::NoApiKey);
         }
