@@ -67,6 +67,13 @@ fn metric(env: &Env, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Does the `info` output list `tool`?
+fn lists_tool(info: &mcp_py::Output, tool: &str) -> bool {
+    info.last()["tools"]
+        .as_array()
+        .is_some_and(|tools| tools.iter().any(|t| t == tool))
+}
+
 fn mcp_url(env: &Env, name: &str) -> String {
     format!("{}/api/v1/sessions/{name}/mcp", env.api())
 }
@@ -448,15 +455,7 @@ fn the_stdio_verb_serves_a_session_to_a_stdio_client() {
     let server = env.api();
     let conn = || Connection::stdio([bin, "--server", server.as_str(), "mcp", "desk"]);
     let info = py.run(&conn(), "info", &[], T).success();
-    assert!(
-        info.last()["tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t == "echo"),
-        "{:?}",
-        info.lines
-    );
+    assert!(lists_tool(&info, "echo"), "{:?}", info.lines);
     let call = py
         .run(
             &conn(),
@@ -515,15 +514,7 @@ async fn a_reference_server_from_pypi_works_behind_the_gateway_and_the_chat() {
     for mode in [Mode::Auto, Mode::Legacy] {
         let conn = Connection::http(&url, TOKEN).mode(mode);
         let info = py.run(&conn, "info", &[], T).success();
-        assert!(
-            info.last()["tools"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|t| t == "get_current_time"),
-            "{:?}",
-            info.lines
-        );
+        assert!(lists_tool(&info, "get_current_time"), "{:?}", info.lines);
         let call = py
             .run(
                 &conn,
