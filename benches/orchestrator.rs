@@ -1109,7 +1109,7 @@ async fn idle_cost(
     let still = store
         .list()
         .await?
-        .sessions
+        .items
         .iter()
         .filter(|s| s.phase() == Phase::Running)
         .count();

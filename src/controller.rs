@@ -36,13 +36,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::domain::expect::Expectations;
-use crate::domain::plan::{self, Action, CrashState, Input, Observed, Ownership, Settings};
+use crate::domain::plan::{
+    self, Action, CrashState, Input, Observed, Ownership, PoolView, Settings,
+};
+use crate::domain::pool::{PoolInput, WarmPool, plan_pool};
 use crate::domain::queue::{Outcome, WorkQueue};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError, short_id};
-use crate::store::{SessionEvent, Store, StoreError};
+use crate::store::{Claim, SessionEvent, Store, StoreError};
 use crate::supervise::{panic_message, supervise};
 
 /// Controller failures (of one reconcile).
@@ -114,6 +117,17 @@ impl Default for Config {
 /// later write goes unnoticed.
 const WATCH_BLOCK: Duration = Duration::from_secs(2);
 
+/// Work-queue keys of warm pools: `warmpool/<name>` (session names have no `/`).
+pub const POOL_KEY: &str = "warmpool/";
+
+/// Members a pool reconcile creates at most before it lets other work run (the engine
+/// starts about 7 a second whatever we ask); the next pass follows at once.
+const POOL_CREATES_PER_PASS: usize = 4;
+
+/// The session name a pool member is reserved under while its pool removes it, so that no
+/// session can claim it meanwhile (not a DNS-1123 label: never a real session).
+const REMOVING: &str = "(pool-removal)";
+
 enum Trigger {
     /// Something happened to this session's containers (or a resync found drift).
     Key(String),
@@ -163,6 +177,18 @@ struct Shared {
     progress: Mutex<Progress>,
     /// The term this controller acts for (None: a single replica without election).
     term: Option<Term>,
+    /// Warm pools, as of the pool watch (fed like `cache`).
+    pools: RwLock<HashMap<String, WarmPool>>,
+    /// Set once `pools` holds a full list.
+    pools_listed: AtomicBool,
+    /// Warm-pool claims (container id → claim), loaded with every store list and kept in
+    /// step by this controller's own claims and releases (only the leader makes them).
+    claims: RwLock<HashMap<String, Claim>>,
+    /// Each pool's claimable members, oldest first, as of its last reconcile.
+    ready: RwLock<HashMap<String, Vec<String>>>,
+    /// The scheduler's trigger channel, for reconciles that cause work elsewhere (a claim
+    /// makes its pool refill).
+    retrigger: Mutex<Option<mpsc::UnboundedSender<Trigger>>>,
 }
 
 impl Shared {
@@ -174,6 +200,30 @@ impl Shared {
             }
             _ => Ok(()),
         }
+    }
+
+    fn trigger(&self, key: String) {
+        if let Ok(tx) = self.retrigger.lock()
+            && let Some(tx) = tx.as_ref()
+        {
+            let _ = tx.send(Trigger::Key(key));
+        }
+    }
+
+    /// The session a container belongs to: its claim's for a claimed pool member.
+    fn claimed_by(&self, id: &str) -> Option<Claim> {
+        self.claims.read().ok().and_then(|c| c.get(id).cloned())
+    }
+
+    /// Forget the claim on a removed container, in the store and here.
+    async fn release(&self, id: &str) -> Result<(), ControllerError> {
+        if self.claimed_by(id).is_some() {
+            self.store.release_claim(id).await?;
+            if let Ok(mut c) = self.claims.write() {
+                c.remove(id);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -276,6 +326,11 @@ impl Controller {
                     last: std::time::Instant::now(),
                 }),
                 term,
+                pools: RwLock::new(HashMap::new()),
+                pools_listed: AtomicBool::new(false),
+                claims: RwLock::new(HashMap::new()),
+                ready: RwLock::new(HashMap::new()),
+                retrigger: Mutex::new(None),
             }),
         }
     }
@@ -301,6 +356,18 @@ impl Controller {
     pub async fn run(self, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = self.shared.clone();
+        if let Ok(mut r) = s.retrigger.lock() {
+            *r = Some(tx.clone());
+        }
+        let pools = tokio::spawn(supervise(
+            s.metrics.clone(),
+            "pool-watch",
+            shutdown.clone(),
+            {
+                let (s, tx, shutdown) = (s.clone(), tx.clone(), shutdown.clone());
+                move || watch_pools(s.clone(), tx.clone(), shutdown.clone())
+            },
+        ));
         let watch = tokio::spawn(supervise(
             s.metrics.clone(),
             "store-watch",
@@ -370,7 +437,10 @@ impl Controller {
         if let Ok(mut p) = s.progress.lock() {
             p.alive = false;
         }
-        let _ = tokio::join!(watch, events, timer);
+        if let Ok(mut r) = s.retrigger.lock() {
+            *r = None;
+        }
+        let _ = tokio::join!(watch, events, timer, pools);
         info!("controller stopped");
     }
 }
@@ -383,7 +453,13 @@ fn task_panicked(s: &Shared, task: &str, panic: &(dyn std::any::Any + Send)) {
 /// result and recorded as an event on the session.
 async fn reconcile_supervised(s: Arc<Shared>, key: String) -> (String, Outcome) {
     let started = Instant::now();
-    let run = tokio::time::timeout(s.config.reconcile_timeout, reconcile(&s, &key));
+    let work = async {
+        match key.strip_prefix(POOL_KEY) {
+            Some(pool) => reconcile_pool(&s, pool).await,
+            None => reconcile(&s, &key).await,
+        }
+    };
+    let run = tokio::time::timeout(s.config.reconcile_timeout, work);
     let (label, outcome) = match AssertUnwindSafe(run).catch_unwind().await {
         Ok(Ok(Ok(after))) => ("success", Outcome::Done(after)),
         Ok(Ok(Err(e))) => {
@@ -445,6 +521,7 @@ async fn schedule(
         while queue.active_len() < s.config.concurrency.max(1)
             && !shutdown.is_cancelled()
             && s.listed.load(Ordering::Acquire)
+            && s.pools_listed.load(Ordering::Acquire)
         {
             let Some(key) = queue.pop() else { break };
             let span = info_span!("reconcile", session = %key);
@@ -547,6 +624,16 @@ async fn schedule(
     }
 }
 
+/// A container as its session sees it: a claimed pool member is its claim's session's,
+/// with that session's uid.
+fn claimed(mut c: Observed, claims: &HashMap<String, Claim>) -> Observed {
+    if let Some(cl) = claims.get(&c.id) {
+        c.session = cl.session.clone();
+        c.uid = Some(cl.uid.clone());
+    }
+    c
+}
+
 /// Split `containers` into this store's and the others (see [`plan::ownership`]).
 fn partition_owned(
     containers: Vec<Observed>,
@@ -577,7 +664,16 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
         *hold = h;
     }
     let held = s.hold.read().map(|h| h.is_some()).unwrap_or(false);
+    let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
+    let containers = containers
+        .into_iter()
+        .map(|c| claimed(c, &claims))
+        .collect();
     let (ours, mut foreign) = partition_owned(containers, &store, &sessions);
+    // Unclaimed pool members are their pool's, never a session's orphans.
+    let (members, ours): (Vec<Observed>, Vec<Observed>) = ours
+        .into_iter()
+        .partition(|c| c.pool.is_some() && !claims.contains_key(&c.id));
     let (ours, orphans): (Vec<Observed>, Vec<Observed>) = ours
         .into_iter()
         .partition(|c| !held || sessions.contains_key(&c.session));
@@ -592,11 +688,15 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
     let names: HashSet<&String> = sessions.keys().chain(by_session.keys()).collect();
     let empty = Vec::new();
     let mut keys = Vec::new();
+    let pools = s.pools.read().map(|p| p.clone()).unwrap_or_default();
+    let ready = s.ready.read().map(|r| r.clone()).unwrap_or_default();
+    let no_ids: Vec<String> = Vec::new();
     for name in names {
         if unreadable.contains_key(name) {
             continue;
         }
         let session = sessions.get(name);
+        let pool = session.and_then(|x| x.spec.pool.as_deref());
         let p = plan::plan(
             &Input {
                 name,
@@ -605,6 +705,10 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
                 crash: crash.get(name).unwrap_or(&CrashState::default()),
                 now,
                 store: &store,
+                pool: pool.map(|p| PoolView {
+                    pool: pools.get(p),
+                    ready: ready.get(p).unwrap_or(&no_ids),
+                }),
             },
             &s.config.settings,
         );
@@ -613,6 +717,29 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
             || p.requeue_after.is_some()
         {
             keys.push(name.clone());
+        }
+    }
+    let mut by_pool: HashMap<String, Vec<Observed>> = HashMap::new();
+    for c in members {
+        if let Some(p) = c.pool.clone() {
+            by_pool.entry(p).or_default().push(c);
+        }
+    }
+    for name in pools.keys().chain(by_pool.keys()).collect::<HashSet<_>>() {
+        let pool = pools.get(name);
+        let p = plan_pool(
+            &PoolInput {
+                name,
+                pool,
+                members: by_pool.get(name).unwrap_or(&empty),
+                claimed: claims.values().filter(|c| &c.pool == name).count() as u32,
+                store: &store,
+                nonce: 0,
+            },
+            &s.config.settings,
+        );
+        if !p.actions.is_empty() || pool.is_some_and(|x| x.status != p.status) {
+            keys.push(format!("{POOL_KEY}{name}"));
         }
     }
     debug!(
@@ -687,10 +814,31 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
         return Ok(None);
     }
     let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
-    let containers: Vec<Observed> = s
-        .runtime
-        .list(Some(name), true)
-        .await?
+    let mut containers: Vec<Observed> = s.runtime.list(Some(name), true).await?;
+    // The pool members this session claimed: their labels name the pool, the store names
+    // the session.
+    let bound: Vec<String> = s
+        .claims
+        .read()
+        .map(|c| {
+            c.iter()
+                .filter(|(_, cl)| cl.session == name)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !bound.is_empty() {
+        let seen = s.runtime.observe(&bound).await?;
+        for id in &bound {
+            if !seen.iter().any(|o| &o.id == id) {
+                // Gone for good (the engine says no such container): so is the claim.
+                s.release(id).await?;
+            }
+        }
+        let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
+        containers.extend(seen.into_iter().map(|c| claimed(c, &claims)));
+    }
+    let containers: Vec<Observed> = containers
         .into_iter()
         .filter(|c| plan::ownership(c, &store, session.as_ref()) == Ownership::Ours)
         .collect();
@@ -701,6 +849,25 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
         .ok()
         .and_then(|c| c.get(name).cloned())
         .unwrap_or_default();
+    let pool_name = session.as_ref().and_then(|x| x.spec.pool.clone());
+    let pool = pool_name
+        .as_ref()
+        .and_then(|p| s.pools.read().ok().and_then(|m| m.get(p).cloned()));
+    let ready: Vec<String> = match &pool_name {
+        Some(p) => {
+            let ids = s
+                .ready
+                .read()
+                .ok()
+                .and_then(|r| r.get(p).cloned())
+                .unwrap_or_default();
+            let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
+            ids.into_iter()
+                .filter(|id| !claims.contains_key(id))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let p = plan::plan(
         &Input {
             name,
@@ -709,6 +876,10 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             crash: &crash,
             now: Utc::now(),
             store: &store,
+            pool: pool_name.as_ref().map(|_| PoolView {
+                pool: pool.as_ref(),
+                ready: &ready,
+            }),
         },
         &s.config.settings,
     );
@@ -728,6 +899,8 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
         }
     }
     let mut created = None;
+    let mut claimed_id: Option<String> = None;
+    let mut cold: Option<(Reason, String)> = None;
     let mut failure = None;
     for action in &p.actions {
         let result: Result<(), ControllerError> = async {
@@ -735,6 +908,7 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                 Action::Remove { id, reason } => {
                     s.still_leading()?;
                     s.runtime.remove(id).await?;
+                    s.release(id).await?;
                     info!(container_id = %short_id(id), ?reason, "removed container");
                     if session.is_some() {
                         event(
@@ -747,14 +921,73 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                         .await;
                     }
                 }
-                Action::Create { name: cname, body } => {
+                Action::Claim {
+                    pool,
+                    candidates,
+                    fallback,
+                } => {
                     s.still_leading()?;
-                    expect(s, name, &["create", "start"]);
-                    let id = s
-                        .runtime
-                        .create_and_start(cname, body)
-                        .await
-                        .inspect_err(|_| forget(s, name))?;
+                    let uid = session
+                        .as_ref()
+                        .and_then(|x| x.metadata.uid.clone())
+                        .unwrap_or_default();
+                    let claim = Claim {
+                        session: name.to_string(),
+                        uid,
+                        pool: pool.clone(),
+                    };
+                    match s.store.claim(candidates, &claim).await? {
+                        Some(id) => {
+                            if let Ok(mut c) = s.claims.write() {
+                                c.insert(id.clone(), claim);
+                            }
+                            if let Ok(mut r) = s.ready.write()
+                                && let Some(ids) = r.get_mut(pool)
+                            {
+                                ids.retain(|x| x != &id);
+                            }
+                            s.metrics.pool_claims.with_label_values(&[pool]).inc();
+                            s.metrics.pool_claim_duration.observe(
+                                crate::domain::pool::claim_latency(
+                                    session.as_ref().and_then(|x| x.metadata.creation_timestamp),
+                                    Utc::now(),
+                                )
+                                .as_secs_f64(),
+                            );
+                            info!(container_id = %short_id(&id), %pool, "claimed a warm sandbox");
+                            event(
+                                s,
+                                name,
+                                "Normal",
+                                Reason::Claimed,
+                                format!(
+                                    "claimed started container {} from warm pool {pool}",
+                                    short_id(&id)
+                                ),
+                            )
+                            .await;
+                            s.trigger(format!("{POOL_KEY}{pool}"));
+                            created = Some(id.clone());
+                            claimed_id = Some(id);
+                        }
+                        None => {
+                            // Every ready member was taken meanwhile: cold, and say so.
+                            let Action::Create { name: cname, body } = fallback.as_ref() else {
+                                return Ok(());
+                            };
+                            created = Some(create_sandbox(s, name, cname, body).await?);
+                            cold = Some((
+                                Reason::PoolEmpty,
+                                format!(
+                                    "warm pool {pool:?} had no ready sandbox left; the sandbox \
+                                     was created cold"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Action::Create { name: cname, body } => {
+                    let id = create_sandbox(s, name, cname, body).await?;
                     let before = session
                         .as_ref()
                         .and_then(|x| x.status.as_ref())
@@ -763,15 +996,6 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                     if before.is_some() && after > before {
                         s.metrics.restarts.inc();
                     }
-                    info!(session = %name, container_id = %id, "Session provisioned");
-                    event(
-                        s,
-                        name,
-                        "Normal",
-                        Reason::Provisioned,
-                        format!("created and started container {}", short_id(&id)),
-                    )
-                    .await;
                     created = Some(id);
                 }
                 Action::Start { id } => {
@@ -822,8 +1046,26 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
     }
     let mut status = p.status.clone();
     if let Some(st) = status.as_mut() {
-        if let Some(id) = created {
+        if let Some(id) = created.clone() {
             st.container_id = Some(id);
+        }
+        if let Some((reason, message)) = cold.take() {
+            st.reason = Some(reason.into());
+            st.message = Some(message.clone());
+            for c in &mut st.conditions {
+                c.reason = Some(reason.into());
+                c.message = Some(message.clone());
+            }
+        }
+        if created.is_some()
+            && claimed_id.is_none()
+            && let Some(r) = st.reason.as_deref()
+            && matches!(
+                r.parse::<Reason>(),
+                Ok(Reason::PoolNotFound | Reason::PoolMismatch | Reason::PoolEmpty)
+            )
+        {
+            s.metrics.pool_cold_starts.with_label_values(&[r]).inc();
         }
         if let Some(e) = &failure {
             let reason = match e {
@@ -853,6 +1095,17 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             .await;
         }
     }
+    // A claimed member takes the session's container name, after the status is written
+    // (the session is Running as soon as the claim is recorded); also one a restart left
+    // under its pool name.
+    let want = crate::domain::contract::container_name(&s.config.settings.instance, name);
+    let rename = claimed_id.clone().or_else(|| {
+        let id = status.as_ref().and_then(|st| st.container_id.as_ref())?;
+        containers
+            .iter()
+            .find(|c| &c.id == id && c.pool.is_some() && c.name != want)
+            .map(|c| c.id.clone())
+    });
     if let Some(st) = status
         && plan::status_changed(session.status.as_ref(), Some(&st))
     {
@@ -885,9 +1138,223 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
             Err(e) => return Err(e.into()),
         }
     }
+    if let Some(id) = rename
+        && failure.is_none()
+    {
+        s.still_leading()?;
+        match s.runtime.rename(&id, &want).await {
+            Ok(true) => debug!(container_id = %short_id(&id), %want, "renamed the claimed sandbox"),
+            Ok(false) => debug!(%want, "the session's container name is taken; the claim stays"),
+            Err(e) => warn!(error = %e, "could not rename the claimed sandbox"),
+        }
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(p.requeue_after),
+    }
+}
+
+/// Create and start a session's sandbox, with the expectations of its own events and the
+/// `Provisioned` event.
+async fn create_sandbox(
+    s: &Shared,
+    name: &str,
+    cname: &str,
+    body: &bollard::models::ContainerCreateBody,
+) -> Result<String, ControllerError> {
+    s.still_leading()?;
+    expect(s, name, &["create", "start"]);
+    let id = s
+        .runtime
+        .create_and_start(cname, body)
+        .await
+        .inspect_err(|_| forget(s, name))?;
+    info!(session = %name, container_id = %id, "Session provisioned");
+    event(
+        s,
+        name,
+        "Normal",
+        Reason::Provisioned,
+        format!("created and started container {}", short_id(&id)),
+    )
+    .await;
+    Ok(id)
+}
+
+/// Reconcile one warm pool: replace dead or outdated members, fill it to `replicas` (a few
+/// per pass), publish its claimable members and write its status.
+async fn reconcile_pool(s: &Shared, name: &str) -> Result<Option<Duration>, ControllerError> {
+    debug!(pool = %name, "pool reconcile start");
+    let pool = s.pools.read().ok().and_then(|p| p.get(name).cloned());
+    let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
+    let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
+    let members: Vec<Observed> = s
+        .runtime
+        .list_pool(name)
+        .await?
+        .into_iter()
+        .filter(|c| c.store.as_deref() == Some(store.as_str()) && !claims.contains_key(&c.id))
+        .collect();
+    let claimed = claims.values().filter(|c| c.pool == name).count() as u32;
+    let p = plan_pool(
+        &PoolInput {
+            name,
+            pool: pool.as_ref(),
+            members: &members,
+            claimed,
+            store: &store,
+            nonce: uuid::Uuid::new_v4().as_u64_pair().0,
+        },
+        &s.config.settings,
+    );
+    let publish = |ids: &[String]| {
+        if let Ok(mut r) = s.ready.write() {
+            if pool.is_some() {
+                r.insert(name.to_string(), ids.to_vec());
+            } else {
+                r.remove(name);
+            }
+        }
+        s.metrics
+            .pool_ready
+            .with_label_values(&[name])
+            .set(ids.len() as i64);
+    };
+    let mut ready = p.ready.clone();
+    publish(&ready);
+    let mut creates = 0;
+    let mut more = false;
+    for action in &p.actions {
+        s.still_leading()?;
+        match action {
+            Action::Remove { id, reason } => {
+                // Reserve it first, so that no session claims it while it goes.
+                let hold = Claim {
+                    session: REMOVING.into(),
+                    uid: String::new(),
+                    pool: name.to_string(),
+                };
+                if s.store
+                    .claim(std::slice::from_ref(id), &hold)
+                    .await?
+                    .is_none()
+                {
+                    continue; // claimed by a session meanwhile: it is the session's now
+                }
+                if let Ok(mut c) = s.claims.write() {
+                    c.insert(id.clone(), hold);
+                }
+                s.runtime.remove(id).await?;
+                s.release(id).await?;
+                info!(pool = %name, container_id = %short_id(id), ?reason, "removed pool member");
+            }
+            Action::Start { id } => {
+                s.runtime.start(id).await?;
+            }
+            Action::Create { name: cname, body } => {
+                if creates == POOL_CREATES_PER_PASS {
+                    more = true;
+                    continue;
+                }
+                creates += 1;
+                let id = s.runtime.create_and_start(cname, body).await?;
+                debug!(pool = %name, container_id = %short_id(&id), "pool member started");
+                ready.push(id);
+                publish(&ready);
+            }
+            Action::Claim { .. } | Action::DeleteSession { .. } => {}
+        }
+    }
+    if pool.is_none() {
+        let _ = s.metrics.pool_ready.remove_label_values(&[name]);
+    }
+    if let (Some(pool), Some(mut st)) = (pool, p.status) {
+        st.ready = ready.len() as u32;
+        st.starting = st.starting.saturating_sub(creates as u32);
+        if pool.status.as_ref() != Some(&st) {
+            let rv = pool.metadata.resource_version.clone().unwrap_or_default();
+            match s.store.pools().update_status(name, &rv, &st).await {
+                Ok(updated) => {
+                    if let Ok(mut c) = s.pools.write() {
+                        let newer = |x: &WarmPool| {
+                            x.metadata
+                                .resource_version
+                                .as_deref()
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .unwrap_or(0)
+                        };
+                        if c.get(name).is_none_or(|x| newer(&updated) > newer(x)) {
+                            c.insert(name.to_string(), updated);
+                        }
+                    }
+                }
+                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(more.then_some(Duration::ZERO))
+}
+
+/// Keep the pool cache in step with the store's pools, like [`watch_store`] for sessions.
+async fn watch_pools(
+    s: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Trigger>,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    let pools = s.store.pools();
+    while !shutdown.is_cancelled() {
+        let result: Result<(), StoreError> = async {
+            let snap = pools.list().await?;
+            let mut watch = pools.watch_from(snap.revision, &snap.identity).await?;
+            let mut keys: HashSet<String> =
+                snap.items.iter().map(|x| x.name().to_string()).collect();
+            if let Ok(mut c) = s.pools.write() {
+                keys.extend(c.keys().cloned());
+                *c = snap
+                    .items
+                    .into_iter()
+                    .map(|x| (x.name().to_string(), x))
+                    .collect();
+            }
+            s.pools_listed.store(true, Ordering::Release);
+            let _ = tx.send(Trigger::Keys(
+                keys.into_iter().map(|k| format!("{POOL_KEY}{k}")).collect(),
+            ));
+            delay = Duration::from_millis(100);
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    b = watch.next_batch(WATCH_BLOCK) => b?,
+                };
+                for ev in batch {
+                    if let Ok(mut c) = s.pools.write() {
+                        match (&ev.kind, ev.object) {
+                            (crate::store::EventType::Deleted, _) | (_, None) => {
+                                c.remove(&ev.name);
+                            }
+                            (_, Some(obj)) => {
+                                c.insert(ev.name.clone(), obj);
+                            }
+                        }
+                    }
+                    if !ev.status_only {
+                        let _ = tx.send(Trigger::Changed(format!("{POOL_KEY}{}", ev.name)));
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            s.metrics.redis_errors.inc();
+            warn!(error = %e, "pool watch interrupted; relisting");
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
     }
 }
 
@@ -904,7 +1371,7 @@ async fn watch_store(
             let snap = s.store.list().await?;
             let mut watch = s.store.watch_from(snap.revision, &snap.identity).await?;
             let mut keys: HashSet<String> = snap
-                .sessions
+                .items
                 .iter()
                 .map(|x| x.metadata.name.clone())
                 .collect();
@@ -935,6 +1402,10 @@ async fn watch_store(
                     c.entry(name).or_insert(state);
                 }
             }
+            let claims = s.store.claims().await?;
+            if let Ok(mut c) = s.claims.write() {
+                *c = claims;
+            }
             let hold = s.store.orphan_hold().await?;
             if let Some(why) = &hold {
                 warn!(reason = %why, "orphans are held after a store rollback: this store's containers without a session are left alone until `mcp-orchestrator foreign --remove`");
@@ -957,7 +1428,7 @@ async fn watch_store(
             if let Ok(mut c) = s.cache.write() {
                 keys.extend(c.keys().cloned());
                 *c = snap
-                    .sessions
+                    .items
                     .into_iter()
                     .map(|x| (x.metadata.name.clone(), x))
                     .collect();
@@ -1065,12 +1536,20 @@ async fn watch_docker(
             match next {
                 Some(Ok(ev)) => {
                     delay = Duration::from_millis(100);
-                    let own = s.expect.lock().is_ok_and(|mut e| {
-                        e.observe(&ev.session, &ev.action, std::time::Instant::now())
-                    });
-                    debug!(session = %ev.session, action = %ev.action, own, "docker event");
-                    if !ev.session.is_empty() && !own {
-                        let _ = tx.send(Trigger::Key(ev.session));
+                    // A pool member's events go to the session that claimed it, else to
+                    // its pool.
+                    let key = match (&ev.pool, s.claimed_by(&ev.id)) {
+                        (Some(_), Some(claim)) => claim.session,
+                        (Some(pool), None) => format!("{POOL_KEY}{pool}"),
+                        (None, _) => ev.session.clone(),
+                    };
+                    let own = s
+                        .expect
+                        .lock()
+                        .is_ok_and(|mut e| e.observe(&key, &ev.action, std::time::Instant::now()));
+                    debug!(%key, action = %ev.action, own, "docker event");
+                    if !key.is_empty() && !own {
+                        let _ = tx.send(Trigger::Key(key));
                     }
                 }
                 Some(Err(e)) => {

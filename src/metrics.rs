@@ -57,6 +57,15 @@ pub struct Metrics {
     pub mcp_clients: IntGauge,
     /// Gateway requests in flight to sandboxes now (all sessions).
     pub mcp_in_flight: IntGauge,
+    /// Ready (started, unclaimed) members of each warm pool, as of its last reconcile.
+    pub pool_ready: IntGaugeVec,
+    /// Warm-pool members claimed by sessions, by pool.
+    pub pool_claims: IntCounterVec,
+    /// Sessions naming a pool whose sandbox was created cold, by reason (`PoolNotFound`,
+    /// `PoolMismatch`, `PoolEmpty`).
+    pub pool_cold_starts: IntCounterVec,
+    /// From a session's creation to its claim recorded, in seconds.
+    pub pool_claim_duration: prometheus::Histogram,
 }
 
 impl Default for Metrics {
@@ -193,8 +202,43 @@ impl Metrics {
             "Gateway requests in flight to sandboxes now.",
         )
         .expect("valid");
+        let pool_ready = IntGaugeVec::new(
+            Opts::new("mcpo_pool_ready", "Ready members of each warm pool."),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let pool_claims = IntCounterVec::new(
+            Opts::new(
+                "mcpo_pool_claims_total",
+                "Warm-pool members claimed, by pool.",
+            ),
+            &["pool"],
+        )
+        .expect("valid metric");
+        let pool_cold_starts = IntCounterVec::new(
+            Opts::new(
+                "mcpo_pool_cold_starts_total",
+                "Sessions naming a warm pool whose sandbox was created cold, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let pool_claim_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "mcpo_pool_claim_duration_seconds",
+                "From a session's creation to its warm-pool claim recorded.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(task_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pool_ready.clone()),
+            Box::new(pool_claims.clone()),
+            Box::new(pool_cold_starts.clone()),
+            Box::new(pool_claim_duration.clone()),
             Box::new(mcp_in_flight.clone()),
             Box::new(mcp_requests.clone()),
             Box::new(mcp_duration.clone()),
@@ -249,6 +293,10 @@ impl Metrics {
             mcp_duration,
             mcp_clients,
             mcp_in_flight,
+            pool_ready,
+            pool_claims,
+            pool_cold_starts,
+            pool_claim_duration,
         }
     }
 

@@ -86,8 +86,10 @@ fn status_code(e: &bollard::errors::Error) -> Option<u16> {
 /// A container lifecycle event for a managed container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerEvent {
-    /// Session label of the container.
+    /// Session label of the container (empty for a warm-pool member).
     pub session: String,
+    /// Pool label of the container, for a warm-pool member.
+    pub pool: Option<String>,
     /// Docker's action (`die`, `destroy`, `oom`, `stop`, `kill`, `start`, `create`).
     pub action: String,
     /// Container id.
@@ -131,14 +133,28 @@ impl Runtime {
     }
 
     fn filters(&self, session: Option<&str>) -> HashMap<String, Vec<String>> {
+        self.filters_by(session.map(|s| (LABEL_SESSION, s)))
+    }
+
+    fn filters_by(&self, label: Option<(&str, &str)>) -> HashMap<String, Vec<String>> {
         let mut labels = vec![
             format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
             format!("{LABEL_INSTANCE}={}", self.instance),
         ];
-        if let Some(s) = session {
-            labels.push(format!("{LABEL_SESSION}={s}"));
+        if let Some((k, v)) = label {
+            labels.push(format!("{k}={v}"));
         }
         HashMap::from([("label".to_string(), labels)])
+    }
+
+    /// The members of one warm pool (claimed or not; the claims are in the store), as a
+    /// bulk list shows them (no inspect).
+    pub async fn list_pool(&self, pool: &str) -> Result<Vec<Observed>, RuntimeError> {
+        self.list_filtered(
+            self.filters_by(Some((crate::domain::contract::LABEL_POOL, pool))),
+            false,
+        )
+        .await
     }
 
     /// Managed containers of this instance (of one session when given), in any state. When
@@ -150,11 +166,19 @@ impl Runtime {
         session: Option<&str>,
         inspect: bool,
     ) -> Result<Vec<Observed>, RuntimeError> {
+        self.list_filtered(self.filters(session), inspect).await
+    }
+
+    async fn list_filtered(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+        inspect: bool,
+    ) -> Result<Vec<Observed>, RuntimeError> {
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {
                 all: true,
-                filters: Some(self.filters(session)),
+                filters: Some(filters),
                 ..Default::default()
             }))
             .await?;
@@ -172,7 +196,14 @@ impl Runtime {
                 _ => ContainerState::Exited,
             };
             let mut o = Observed {
+                name: c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
                 session: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                pool: labels.get(crate::domain::contract::LABEL_POOL).cloned(),
                 spec_hash: labels
                     .get(crate::domain::contract::LABEL_SPEC_HASH)
                     .cloned(),
@@ -371,6 +402,87 @@ impl Runtime {
         }
     }
 
+    /// Rename a container (a claimed warm-pool member takes its session's name). Returns
+    /// false, changing nothing, when the name is taken.
+    pub async fn rename(&self, id: &str, name: &str) -> Result<bool, RuntimeError> {
+        match self
+            .docker
+            .rename_container(
+                id,
+                bollard::query_parameters::RenameContainerOptions {
+                    name: name.to_string(),
+                },
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if status_code(&e) == Some(409) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inspect the given containers of this instance as [`Observed`] (gone ones are left
+    /// out): how the controller sees the warm-pool members its sessions claimed.
+    pub async fn observe(&self, ids: &[String]) -> Result<Vec<Observed>, RuntimeError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let info = match self.inspect(id).await {
+                Ok(i) => i,
+                Err(RuntimeError::Docker(e)) if status_code(&e) == Some(404) => continue,
+                Err(e) => return Err(e),
+            };
+            let labels = info
+                .config
+                .as_ref()
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default();
+            if labels.get(LABEL_INSTANCE) != Some(&self.instance)
+                || labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
+            {
+                continue;
+            }
+            let state = match info.state.as_ref().and_then(|s| s.status) {
+                Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+                Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+                Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+                Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+                Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
+                Some(ContainerStateStatusEnum::DEAD) => ContainerState::Dead,
+                _ => ContainerState::Exited,
+            };
+            out.push(Observed {
+                id: info.id.clone().unwrap_or_else(|| id.clone()),
+                name: info
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                session: labels.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                pool: labels.get(crate::domain::contract::LABEL_POOL).cloned(),
+                state,
+                spec_hash: labels
+                    .get(crate::domain::contract::LABEL_SPEC_HASH)
+                    .cloned(),
+                generation: labels
+                    .get(crate::domain::contract::LABEL_GENERATION)
+                    .and_then(|g| g.parse().ok()),
+                uid: labels.get(crate::domain::contract::LABEL_UID).cloned(),
+                store: labels.get(LABEL_STORE).cloned(),
+                created: info
+                    .created
+                    .as_deref()
+                    .and_then(|c| parse_time(Some(&c.to_string())))
+                    .map(|t| t.timestamp())
+                    .unwrap_or(0),
+                exit: (state == ContainerState::Exited)
+                    .then(|| exit_info(&info))
+                    .flatten(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Force-remove a container; one already gone is not an error.
     pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         match self
@@ -445,6 +557,7 @@ impl Runtime {
                 let attrs = actor.attributes.unwrap_or_default();
                 Ok(ContainerEvent {
                     session: attrs.get(LABEL_SESSION).cloned().unwrap_or_default(),
+                    pool: attrs.get(crate::domain::contract::LABEL_POOL).cloned(),
                     action: m.action.unwrap_or_default(),
                     id: actor.id.unwrap_or_default(),
                 })

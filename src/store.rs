@@ -13,6 +13,8 @@
 //! | `<p>:specfiles` | hash | specs-directory file (`file:<path>`) → its current problem (JSON event) |
 //! | `<p>:id` | string | the store's identity: a random id made once, carried by every sandbox |
 //! | `<p>:orphan-hold` | string | set after a rollback (revision went back, same identity): why orphans are held |
+//! | `<p>:claims` | hash | warm-pool member container id → its claim (session, uid, pool), until the container is gone |
+//! | `<p>:pool-objects`, `<p>:pool-versions`, `<p>:pool-rv`, `<p>:pool-stream`, `<p>:pool-log:<name>` | | the same for `WarmPool` objects ([`Store::pools`]): their own revision counter and change stream |
 //!
 //! ## Identity and resets
 //! The identity is created by the first write or list (`SET NX`) and never changes while the
@@ -43,7 +45,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::plan::CrashState;
-use crate::domain::resource::{Session, SessionStatus};
+use crate::domain::resource::{Object, Session};
 use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
 /// Approximate number of change entries kept in the stream.
@@ -166,7 +168,7 @@ pub enum EventType {
 
 /// One change from the stream.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WatchEvent {
+pub struct WatchEvent<T = Session> {
     /// The resourceVersion of the write.
     pub revision: u64,
     /// Kind of change.
@@ -177,7 +179,7 @@ pub struct WatchEvent {
     pub status_only: bool,
     /// The object after the write (before it, for deletes), with its resourceVersion set.
     /// `None` for a delete without a stored copy, or when the object is unreadable.
-    pub object: Option<Session>,
+    pub object: Option<T>,
     /// Why the object could not be decoded (newer schema, corrupt), when it could not.
     pub unreadable: Option<String>,
 }
@@ -191,11 +193,11 @@ pub struct Unreadable {
     pub reason: String,
 }
 
-/// A consistent list of every session and the revision it was taken at.
+/// A consistent list of every object of a kind and the revision it was taken at.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The sessions, sorted by name.
-    pub sessions: Vec<Session>,
+pub struct Snapshot<T = Session> {
+    /// The objects, sorted by name.
+    pub items: Vec<T>,
     /// The store revision; watch from here to see every later change.
     pub revision: u64,
     /// The store's identity at the time of the list.
@@ -226,19 +228,64 @@ struct Keys {
     stream: String,
     id: String,
     prefix: String,
+    /// What the kind's own keys start with after the prefix: `""` for sessions (the
+    /// layout above), `pool-` for warm pools (`<p>:pool-objects`, `<p>:pool-rv`, ...).
+    kind: &'static str,
 }
 
-/// The Redis store. Cheap to clone; reconnects by itself (and follows a Sentinel failover).
-#[derive(Clone)]
-pub struct Store {
+impl Keys {
+    fn of(prefix: &str, kind: &'static str) -> Keys {
+        Keys {
+            objects: format!("{prefix}:{kind}objects"),
+            versions: format!("{prefix}:{kind}versions"),
+            rv: format!("{prefix}:{kind}rv"),
+            stream: format!("{prefix}:{kind}stream"),
+            id: format!("{prefix}:id"),
+            prefix: prefix.to_string(),
+            kind,
+        }
+    }
+}
+
+/// The key infix of a kind's own keys (see [`Keys::kind`]).
+fn kind_infix<T: Object>() -> &'static str {
+    if T::KIND == crate::domain::pool::POOL_KIND {
+        "pool-"
+    } else {
+        ""
+    }
+}
+
+/// The Redis store of one kind of object (sessions by default; [`Store::pools`] for warm
+/// pools: the same connection, identity and fencing, the kind's own keys, revision counter
+/// and change stream). Cheap to clone; reconnects by itself (and follows a Sentinel
+/// failover).
+pub struct Store<T = Session> {
     con: Conn,
     keys: Keys,
     write: Script,
     record: Script,
     set: Script,
+    claim: Script,
     /// A leader's term: every write of this handle checks it against the newest term in
     /// the same script (see [`Store::fenced`]).
     fence: Option<u64>,
+    kind: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Store {
+            con: self.con.clone(),
+            keys: self.keys.clone(),
+            write: self.write.clone(),
+            record: self.record.clone(),
+            set: self.set.clone(),
+            claim: self.claim.clone(),
+            fence: self.fence,
+            kind: std::marker::PhantomData,
+        }
+    }
 }
 
 /// The fencing check every write script starts with: ARGV[f] is the writer's term ('' when
@@ -320,6 +367,32 @@ return {'ok', tostring(rv)}
 "#
 );
 
+/// Claim the first of several warm-pool members nobody claimed yet, fenced. KEYS: the
+/// claims hash, the term counter. ARGV: fence, the claim (JSON), candidate container ids.
+/// Returns the claimed id, or '' when every candidate is taken.
+const CLAIM_LUA: &str = concat!(
+    fence_check!(2, 1),
+    r#"
+for i = 3, #ARGV do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[2]) == 1 then return {'ok', ARGV[i]} end
+end
+return {'ok', ''}
+"#
+);
+
+/// A warm-pool member's claim: the session that holds it. Kept in `<p>:claims` (container
+/// id → claim) from the claim until the container is gone, so the binding survives restarts
+/// and a new leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The session's name.
+    pub session: String,
+    /// The session's uid (a later session of the same name does not inherit the sandbox).
+    pub uid: String,
+    /// The pool the member came from.
+    pub pool: String,
+}
+
 /// The precondition of a write.
 enum Mode<'a> {
     /// The object must not exist.
@@ -354,7 +427,7 @@ impl<'a> WriteKind<'a> {
     }
 }
 
-impl Store {
+impl Store<Session> {
     /// Connect to `target` (a URL, or Redis Sentinel; see [`crate::redis_conn`]) and use the
     /// key prefix `mcpo:<instance>`.
     pub async fn connect(
@@ -365,19 +438,35 @@ impl Store {
         let prefix = format!("mcpo:{instance}");
         Ok(Store {
             con,
-            keys: Keys {
-                objects: format!("{prefix}:objects"),
-                versions: format!("{prefix}:versions"),
-                rv: format!("{prefix}:rv"),
-                stream: format!("{prefix}:stream"),
-                id: format!("{prefix}:id"),
-                prefix,
-            },
+            keys: Keys::of(&prefix, ""),
             write: Script::new(WRITE_LUA),
             record: Script::new(RECORD_LUA),
             set: Script::new(SET_LUA),
+            claim: Script::new(CLAIM_LUA),
             fence: None,
+            kind: std::marker::PhantomData,
         })
+    }
+}
+
+impl<T: Object> Store<T> {
+    /// The same store (connection, identity, fencing) for another kind of object.
+    pub fn of<U: Object>(&self) -> Store<U> {
+        Store {
+            con: self.con.clone(),
+            keys: Keys::of(&self.keys.prefix, kind_infix::<U>()),
+            write: self.write.clone(),
+            record: self.record.clone(),
+            set: self.set.clone(),
+            claim: self.claim.clone(),
+            fence: self.fence,
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    /// The warm pools of this store.
+    pub fn pools(&self) -> Store<crate::domain::pool::WarmPool> {
+        self.of()
     }
 
     /// Is Redis answering?
@@ -396,9 +485,10 @@ impl Store {
 
     /// The chat history keys of a session: the list of turns and its byte counter.
     pub fn chat_keys(&self, name: &str) -> (String, String) {
+        let (p, k) = (&self.keys.prefix, self.keys.kind);
         (
-            format!("{}:chat:{name}", self.keys.prefix),
-            format!("{}:chat-bytes:{name}", self.keys.prefix),
+            format!("{p}:{k}chat:{name}"),
+            format!("{p}:{k}chat-bytes:{name}"),
         )
     }
 
@@ -415,10 +505,54 @@ impl Store {
     }
 
     fn log_key(&self, name: &str) -> String {
-        format!("{}:log:{name}", self.keys.prefix)
+        format!("{}:{}log:{name}", self.keys.prefix, self.keys.kind)
     }
 
-    fn decode(name: &str, json: &str, rv: &str) -> Result<Session, StoreError> {
+    fn claims_key(&self) -> String {
+        self.key("claims")
+    }
+
+    /// Every warm-pool claim, by container id (undecodable entries are skipped).
+    pub async fn claims(&self) -> Result<HashMap<String, Claim>, StoreError> {
+        let mut con = self.con.clone();
+        let raw: HashMap<String, String> = con.hgetall(self.claims_key()).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|c| (k, c)))
+            .collect())
+    }
+
+    /// Claim the first of `candidates` (container ids) that no one claimed yet for
+    /// `claim`, atomically (two claims never get the same container, whoever makes them)
+    /// and fenced. `None` when every candidate is taken.
+    pub async fn claim(
+        &self,
+        candidates: &[String],
+        claim: &Claim,
+    ) -> Result<Option<String>, StoreError> {
+        let mut con = self.con.for_write().await?;
+        let json = serde_json::to_string(claim).unwrap_or_default();
+        let mut script = self.claim.key(self.claims_key());
+        script.key(self.term_key()).arg(self.fence_arg()).arg(json);
+        for c in candidates {
+            script.arg(c);
+        }
+        let (outcome, value): (String, String) = script.invoke_async(&mut con).await?;
+        self.fenced_outcome(&outcome, value.clone())?;
+        con.acknowledge().await?;
+        Ok((!value.is_empty()).then_some(value))
+    }
+
+    /// Forget the claim on a container that is gone (fenced).
+    pub async fn release_claim(&self, container: &str) -> Result<(), StoreError> {
+        self.set_field(&self.claims_key(), container, None).await
+    }
+
+    fn crash_key(&self) -> String {
+        self.key(&format!("{}crash", self.keys.kind))
+    }
+
+    fn decode(name: &str, json: &str, rv: &str) -> Result<T, StoreError> {
         let corrupt = |source| StoreError::Corrupt {
             name: name.to_string(),
             source,
@@ -440,14 +574,14 @@ impl Store {
                 ))));
             }
         }
-        let mut s: Session = serde_json::from_value(value).map_err(corrupt)?;
-        s.metadata.resource_version = Some(rv.to_string());
+        let mut s: T = serde_json::from_value(value).map_err(corrupt)?;
+        s.meta_mut().resource_version = Some(rv.to_string());
         Ok(s)
     }
 
-    fn encode(session: &Session) -> String {
-        let mut s = session.clone();
-        s.metadata.resource_version = None;
+    fn encode(object: &T) -> String {
+        let mut s = object.clone();
+        s.meta_mut().resource_version = None;
         let mut value = serde_json::to_value(&s).unwrap_or_default();
         if let Some(o) = value.as_object_mut() {
             o.insert("schemaVersion".into(), SCHEMA_VERSION.into());
@@ -494,7 +628,7 @@ impl Store {
     /// [`Store::set_crash_state`]); undecodable entries are skipped.
     pub async fn crash_states(&self) -> Result<HashMap<String, CrashState>, StoreError> {
         let mut con = self.con.clone();
-        let raw: HashMap<String, String> = con.hgetall(self.key("crash")).await?;
+        let raw: HashMap<String, String> = con.hgetall(self.crash_key()).await?;
         Ok(raw
             .into_iter()
             .filter_map(|(k, v)| serde_json::from_str(&v).ok().map(|c| (k, c)))
@@ -509,7 +643,7 @@ impl Store {
         crash: Option<&CrashState>,
     ) -> Result<(), StoreError> {
         let json = crash.map(|c| serde_json::to_string(c).unwrap_or_default());
-        self.set_field(&self.key("crash"), name, json.as_deref())
+        self.set_field(&self.crash_key(), name, json.as_deref())
             .await
     }
 
@@ -540,7 +674,7 @@ impl Store {
     /// no longer the newest ([`crate::lease`] increments it for every new leader) changes
     /// nothing and fails with [`StoreError::Fenced`]. The check runs in the write's own
     /// script, so it is atomic with the write.
-    pub fn fenced(&self, term: u64) -> Store {
+    pub fn fenced(&self, term: u64) -> Store<T> {
         Store {
             fence: Some(term),
             ..self.clone()
@@ -621,8 +755,8 @@ impl Store {
         pipe
     }
 
-    /// One session by name.
-    pub async fn get(&self, name: &str) -> Result<Option<Session>, StoreError> {
+    /// One object by name.
+    pub async fn get(&self, name: &str) -> Result<Option<T>, StoreError> {
         let mut con = self.con.clone();
         let (json, rv): (Option<String>, Option<String>) = redis::pipe()
             .atomic()
@@ -639,7 +773,7 @@ impl Store {
     /// Every session, and the revision and identity the list was taken at (the identity is
     /// created if the store has none). Objects that cannot be decoded are set aside in
     /// [`Snapshot::unreadable`]; they never fail the list.
-    pub async fn list(&self) -> Result<Snapshot, StoreError> {
+    pub async fn list(&self) -> Result<Snapshot<T>, StoreError> {
         let mut con = self.con.clone();
         let (objects, versions, rv, identity): (
             HashMap<String, String>,
@@ -667,10 +801,10 @@ impl Store {
                 }
             }
         }
-        sessions.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        sessions.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
         unreadable.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Snapshot {
-            sessions,
+            items: sessions,
             revision: rv.unwrap_or(0),
             identity,
             unreadable,
@@ -703,7 +837,7 @@ impl Store {
             .key(self.chat_keys(name).1)
             .key(&self.keys.id)
             .key(self.term_key())
-            .key(self.key("crash"))
+            .key(self.crash_key())
             .arg(name)
             .arg(mode_arg)
             .arg(op)
@@ -733,17 +867,19 @@ impl Store {
         }
     }
 
-    /// Store a new session. Sets uid, generation 1 and creationTimestamp; drops any status.
-    pub async fn create(&self, session: &Session) -> Result<Session, StoreError> {
-        let mut s = session.clone();
-        s.metadata.uid = Some(uuid::Uuid::new_v4().to_string());
-        s.metadata.generation = Some(1);
-        s.metadata.creation_timestamp = Some(Utc::now());
-        s.status = None;
+    /// Store a new object. Sets uid, generation 1 and creationTimestamp; drops any status.
+    pub async fn create(&self, object: &T) -> Result<T, StoreError> {
+        let mut s = object.clone();
+        let m = s.meta_mut();
+        m.uid = Some(uuid::Uuid::new_v4().to_string());
+        m.generation = Some(1);
+        m.creation_timestamp = Some(Utc::now());
+        *s.status_mut() = None;
+        let name = s.meta().name.clone();
         let rv = self
-            .write(s.name(), Mode::Create, WriteKind::Upsert(&Self::encode(&s)))
+            .write(&name, Mode::Create, WriteKind::Upsert(&Self::encode(&s)))
             .await?;
-        s.metadata.resource_version = Some(rv);
+        s.meta_mut().resource_version = Some(rv);
         Ok(s)
     }
 
@@ -752,16 +888,12 @@ impl Store {
         &self,
         name: &str,
         expected: Option<&str>,
-    ) -> Result<(Session, String), StoreError> {
+    ) -> Result<(T, String), StoreError> {
         let current = self
             .get(name)
             .await?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        let current_rv = current
-            .metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default();
+        let current_rv = current.meta().resource_version.clone().unwrap_or_default();
         match expected {
             Some(want) if want != current_rv => Err(StoreError::Conflict {
                 name: name.to_string(),
@@ -776,19 +908,23 @@ impl Store {
     /// `session.metadata.resourceVersion`, or the current version when it is unset
     /// (last write wins, still atomic). uid, creationTimestamp and status are kept;
     /// generation is bumped when the spec changed. A no-op update writes nothing.
-    pub async fn update(&self, session: &Session) -> Result<Session, StoreError> {
-        let name = session.name();
-        let (current, current_rv) = self
-            .current_at(name, session.metadata.resource_version.as_deref())
+    pub async fn update(&self, object: &T) -> Result<T, StoreError> {
+        let name = object.meta().name.as_str();
+        let (mut current, current_rv) = self
+            .current_at(name, object.meta().resource_version.as_deref())
             .await?;
         let expected = current_rv.clone();
-        let mut next = session.clone();
-        next.metadata.uid = current.metadata.uid.clone();
-        next.metadata.creation_timestamp = current.metadata.creation_timestamp;
-        next.metadata.resource_version = Some(current_rv.clone());
-        next.status = current.status.clone();
-        next.metadata.generation =
-            Some(current.generation() + i64::from(next.template_differs(&current)));
+        let mut next = object.clone();
+        let generation = current.meta().generation.unwrap_or(0);
+        let moved = i64::from(next.differs(&current));
+        {
+            let (c, n) = (current.meta(), next.meta_mut());
+            n.uid = c.uid.clone();
+            n.creation_timestamp = c.creation_timestamp;
+            n.resource_version = Some(current_rv.clone());
+            n.generation = Some(generation + moved);
+        }
+        *next.status_mut() = current.status_mut().clone();
         if next == current {
             return Ok(current);
         }
@@ -799,7 +935,7 @@ impl Store {
                 WriteKind::Upsert(&Self::encode(&next)),
             )
             .await?;
-        next.metadata.resource_version = Some(rv);
+        next.meta_mut().resource_version = Some(rv);
         Ok(next)
     }
 
@@ -808,10 +944,10 @@ impl Store {
         &self,
         name: &str,
         resource_version: &str,
-        status: &SessionStatus,
-    ) -> Result<Session, StoreError> {
+        status: &T::Status,
+    ) -> Result<T, StoreError> {
         let (mut current, _) = self.current_at(name, Some(resource_version)).await?;
-        current.status = Some(status.clone());
+        *current.status_mut() = Some(status.clone());
         let rv = self
             .write(
                 name,
@@ -819,17 +955,17 @@ impl Store {
                 WriteKind::UpsertStatusOnly(&Self::encode(&current)),
             )
             .await?;
-        current.metadata.resource_version = Some(rv);
+        current.meta_mut().resource_version = Some(rv);
         Ok(current)
     }
 
-    /// Delete a session, if it is at `resource_version` (any version when `None`). Returns the
+    /// Delete an object, if it is at `resource_version` (any version when `None`). Returns the
     /// deleted object.
     pub async fn delete(
         &self,
         name: &str,
         resource_version: Option<&str>,
-    ) -> Result<Session, StoreError> {
+    ) -> Result<T, StoreError> {
         let current = self
             .get(name)
             .await?
@@ -919,7 +1055,7 @@ impl Store {
 
     /// Start watching changes after `revision` (as returned by [`Store::list`] or carried in a
     /// resourceVersion) of the store as it is now. See [`Store::watch_from`].
-    pub async fn watch(&self, revision: u64) -> Result<Watch, StoreError> {
+    pub async fn watch(&self, revision: u64) -> Result<Watch<T>, StoreError> {
         let identity = self.identity().await?;
         self.watch_from(revision, &identity).await
     }
@@ -927,7 +1063,7 @@ impl Store {
     /// Start watching changes after `revision` of the store whose identity is `identity` (both
     /// as returned by [`Store::list`]). The watch fails with [`StoreError::Reset`] as soon as
     /// the store's identity changes or its revision goes below `revision`.
-    pub async fn watch_from(&self, revision: u64, identity: &str) -> Result<Watch, StoreError> {
+    pub async fn watch_from(&self, revision: u64, identity: &str) -> Result<Watch<T>, StoreError> {
         let (client, primary) = self.con.primary_client();
         let con = client
             .get_multiplexed_async_connection_with_config(&watch_config())
@@ -947,6 +1083,7 @@ impl Store {
             rv_key: self.keys.rv.clone(),
             identity: identity.to_string(),
             last: revision,
+            kind: std::marker::PhantomData,
         };
         if w.follow.is_some() && revision > 0 {
             let (tip, _, _) = w.at_position().await?;
@@ -998,7 +1135,7 @@ fn fingerprint(map: &HashMap<String, Value>) -> u64 {
 /// is the same one, not behind the position, with the same entry at the position. A new
 /// primary that lacks writes the watch has seen (asynchronous replication) is a
 /// [`StoreError::Reset`] under the same identity: the controller's rollback hold.
-pub struct Watch {
+pub struct Watch<T = Session> {
     con: MultiplexedConnection,
     /// Fires when a Sentinel failover moved the primary: `con` is then stale.
     primary: PrimaryChanges,
@@ -1009,6 +1146,7 @@ pub struct Watch {
     rv_key: String,
     identity: String,
     last: u64,
+    kind: std::marker::PhantomData<fn() -> T>,
 }
 
 /// The state of a watch that follows failovers.
@@ -1021,7 +1159,7 @@ struct Following {
     tip: Option<u64>,
 }
 
-impl Watch {
+impl<T: Object> Watch<T> {
     /// The revision of the last event returned.
     pub fn revision(&self) -> u64 {
         self.last
@@ -1092,7 +1230,7 @@ impl Watch {
 
     /// Wait up to `block` for changes after the current position. Returns an empty batch on
     /// timeout, [`StoreError::Gone`] when changes were lost (trimmed or reset store).
-    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, StoreError> {
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent<T>>, StoreError> {
         if let Some(since) = self.follow.as_ref().and_then(|f| f.stale) {
             match self.reopen(since).await {
                 Ok(()) => {
@@ -1189,7 +1327,7 @@ impl Watch {
                 let (object, unreadable) = if json.is_empty() {
                     (None, None)
                 } else {
-                    match Store::decode(&name, &json, &revision.to_string()) {
+                    match Store::<T>::decode(&name, &json, &revision.to_string()) {
                         Ok(s) => (Some(s), None),
                         Err(e) => (None, Some(e.to_string())),
                     }

@@ -74,7 +74,7 @@ async fn every_invalid_example_gives_its_error_and_writes_nothing() {
     // Nothing was written: the store's revision counter never moved.
     let snap = env.store().await.list().await.unwrap();
     assert_eq!(snap.revision, 0);
-    assert!(snap.sessions.is_empty());
+    assert!(snap.items.is_empty());
 }
 
 #[tokio::test]

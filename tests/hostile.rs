@@ -958,7 +958,7 @@ async fn hostile_inputs_are_refused_cheaply_and_write_nothing() {
         .list()
         .await
         .unwrap()
-        .sessions
+        .items
         .iter()
         .map(|s| s.metadata.name.clone())
         .collect();

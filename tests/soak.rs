@@ -163,7 +163,7 @@ async fn redis_restarted_with_writes_in_flight_loses_no_acknowledged_write() {
     );
     let store = env.store().await;
     let snap = store.list().await.unwrap();
-    let stored: std::collections::HashSet<&str> = snap.sessions.iter().map(|s| s.name()).collect();
+    let stored: std::collections::HashSet<&str> = snap.items.iter().map(|s| s.name()).collect();
     for name in &acked {
         assert!(
             stored.contains(name.as_str()),
@@ -171,7 +171,7 @@ async fn redis_restarted_with_writes_in_flight_loses_no_acknowledged_write() {
         );
     }
     // The orchestrator reconnected and converged on everything that was written.
-    let names: Vec<String> = snap.sessions.iter().map(|s| s.name().to_string()).collect();
+    let names: Vec<String> = snap.items.iter().map(|s| s.name().to_string()).collect();
     tokio::task::spawn_blocking(move || {
         assert_converged(&env, &names);
     })

@@ -99,7 +99,7 @@ pub async fn foreign(g: &Global, remove: bool, only: &[String]) -> anyhow::Resul
         .await
         .context("cannot connect to the Docker engine")?;
     let sessions: std::collections::HashMap<String, crate::domain::resource::Session> = snap
-        .sessions
+        .items
         .into_iter()
         .map(|s| (s.metadata.name.clone(), s))
         .collect();

@@ -169,7 +169,7 @@ impl Backend {
                 let selector = parsed;
                 let snap = store.list().await?;
                 let sessions = snap
-                    .sessions
+                    .items
                     .into_iter()
                     .filter(|s| selector.matches(&s.metadata.labels))
                     .collect();

@@ -38,6 +38,9 @@ pub const LABEL_UID: &str = "orchestrator.mcp.dev/uid";
 /// [`crate::store::Store::identity`]): only containers of the same instance *and* store are
 /// ever adopted or removed automatically.
 pub const LABEL_STORE: &str = "orchestrator.mcp.dev/store";
+/// Label naming the warm pool a sandbox was made for (pool members carry it and no
+/// [`LABEL_SESSION`]; a claimed member keeps it, its session is recorded in the store).
+pub const LABEL_POOL: &str = "orchestrator.mcp.dev/pool";
 
 /// Bumped whenever the fixed hardening below changes, so existing containers get recreated.
 const CONTRACT_VERSION: &str = "2";
@@ -190,6 +193,32 @@ pub struct Identity<'a> {
     pub generation: i64,
     /// Identity of the store the session lives in.
     pub store: &'a str,
+}
+
+/// Identity of a warm-pool member to build: which pool, which instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolIdentity<'a> {
+    /// Orchestrator instance.
+    pub instance: &'a str,
+    /// Pool name.
+    pub pool: &'a str,
+    /// Pool uid (carried in [`LABEL_UID`] until a session claims the member).
+    pub uid: &'a str,
+    /// Pool generation.
+    pub generation: i64,
+    /// Identity of the store the pool lives in.
+    pub store: &'a str,
+}
+
+/// The name of a warm-pool member: `mcp-pool.<pool>.<suffix>` for the default instance,
+/// `mcp-<instance>.pool.<pool>.<suffix>` otherwise. The dots keep it apart from every
+/// session's [`container_name`] (session names have none).
+pub fn pool_container_name(instance: &str, pool: &str, suffix: &str) -> String {
+    if instance == "default" {
+        format!("mcp-pool.{pool}.{suffix}")
+    } else {
+        format!("mcp-{instance}.pool.{pool}.{suffix}")
+    }
 }
 
 /// The predictable container name of a session: `mcp-<session>` for the default instance,
@@ -410,19 +439,67 @@ impl Sandbox {
     /// The Docker create body, with the whole hardening contract applied. Labels identify the
     /// session; the spec-hash label covers everything else in the body.
     pub fn container_body(&self, id: &Identity<'_>) -> ContainerCreateBody {
+        self.labelled_body([
+            (LABEL_SESSION, id.session.to_string()),
+            (LABEL_INSTANCE, id.instance.to_string()),
+            (LABEL_GENERATION, id.generation.to_string()),
+            (LABEL_UID, id.uid.to_string()),
+            (LABEL_STORE, id.store.to_string()),
+        ])
+    }
+
+    /// The Docker create body of a warm-pool member: the same contract and spec hash as a
+    /// session's sandbox of the same settings, labelled with the pool instead of a session.
+    pub fn pool_body(&self, id: &PoolIdentity<'_>) -> ContainerCreateBody {
+        self.labelled_body([
+            (LABEL_POOL, id.pool.to_string()),
+            (LABEL_INSTANCE, id.instance.to_string()),
+            (LABEL_GENERATION, id.generation.to_string()),
+            (LABEL_UID, id.uid.to_string()),
+            (LABEL_STORE, id.store.to_string()),
+        ])
+    }
+
+    fn labelled_body(&self, owner: [(&str, String); 5]) -> ContainerCreateBody {
         let mut body = self.unlabelled_body();
         let hash = hash_body(&body, self.restart_marker.as_deref());
-        let labels = HashMap::from([
-            (LABEL_SESSION.to_string(), id.session.to_string()),
-            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-            (LABEL_INSTANCE.to_string(), id.instance.to_string()),
-            (LABEL_SPEC_HASH.to_string(), hash),
-            (LABEL_GENERATION.to_string(), id.generation.to_string()),
-            (LABEL_UID.to_string(), id.uid.to_string()),
-            (LABEL_STORE.to_string(), id.store.to_string()),
-        ]);
+        let mut labels: HashMap<String, String> =
+            owner.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        labels.insert(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string());
+        labels.insert(LABEL_SPEC_HASH.to_string(), hash);
         body.labels = Some(labels);
         body
+    }
+
+    /// The session-spec fields in which `other` differs from this sandbox (empty: the same
+    /// container), for telling a user why a warm pool could not serve a session.
+    pub fn differences(&self, other: &Sandbox) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.image != other.image {
+            d.push("spec.image");
+        }
+        if self.command != other.command {
+            d.push("spec.command");
+        }
+        if self.env != other.env {
+            d.push("spec.env");
+        }
+        if self.memory != other.memory
+            || self.nano_cpus != other.nano_cpus
+            || self.pids != other.pids
+        {
+            d.push("spec.resources");
+        }
+        if self.user != other.user {
+            d.push("spec.user");
+        }
+        if self.restart_marker != other.restart_marker {
+            d.push("a restart (it needs a new sandbox)");
+        }
+        if d.is_empty() && self.spec_hash() != other.spec_hash() {
+            d.push("the sandbox settings");
+        }
+        d
     }
 
     /// The hash that [`LABEL_SPEC_HASH`] carries for this sandbox.

@@ -21,6 +21,7 @@ pub mod expect;
 pub mod limits;
 pub mod parse;
 pub mod plan;
+pub mod pool;
 pub mod queue;
 pub mod reason;
 pub mod resource;
@@ -37,6 +38,7 @@ mod tests {
         ("limits.rs", include_str!("limits.rs")),
         ("parse.rs", include_str!("parse.rs")),
         ("plan.rs", include_str!("plan.rs")),
+        ("pool.rs", include_str!("pool.rs")),
         ("queue.rs", include_str!("queue.rs")),
         ("reason.rs", include_str!("reason.rs")),
         ("resource.rs", include_str!("resource.rs")),

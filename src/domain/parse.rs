@@ -239,6 +239,10 @@ const STRUCT_FIELDS: &[&[&str]] = &[
     &["spec", "resources"],
     &["spec", "chat"],
     &["spec", "chat", "tools"],
+    &["spec", "mcp"],
+    &["spec", "mcp", "tools"],
+    &["spec", "template"],
+    &["spec", "template", "resources"],
     &["status"],
     &["status", "conditions", "[]"],
 ];

@@ -11,6 +11,7 @@ use bollard::models::ContainerCreateBody;
 use chrono::{DateTime, Utc};
 
 use crate::domain::contract::{Identity, Policy, container_name};
+use crate::domain::pool::{Offer, WarmPool, offer};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Condition, Phase, RestartPolicy, Session, SessionStatus};
 
@@ -51,8 +52,13 @@ pub struct ExitInfo {
 pub struct Observed {
     /// Container id.
     pub id: String,
-    /// Session label.
+    /// Container name, without the leading `/`.
+    pub name: String,
+    /// Session label; for a claimed warm-pool member, the session that claimed it (from the
+    /// store's claim record); empty for an unclaimed member.
     pub session: String,
+    /// Pool label: the warm pool the container was made for, if any.
+    pub pool: Option<String>,
     /// State.
     pub state: ContainerState,
     /// Spec-hash label.
@@ -144,6 +150,17 @@ pub enum Action {
         /// Container id.
         id: String,
     },
+    /// Claim a ready warm-pool member for the session (the first of `candidates` nobody
+    /// claimed yet, atomically in the store); when every candidate is taken meanwhile,
+    /// `fallback` (a [`Action::Create`]) runs instead.
+    Claim {
+        /// The pool.
+        pool: String,
+        /// Ready members, oldest first.
+        candidates: Vec<String>,
+        /// The cold create, if no candidate can be claimed.
+        fallback: Box<Action>,
+    },
     /// Delete the session from the store (it expired), if still at this resourceVersion.
     DeleteSession {
         /// The precondition.
@@ -180,6 +197,18 @@ pub struct Input<'a> {
     pub now: DateTime<Utc>,
     /// Identity of the store the session lives in; new containers carry it.
     pub store: &'a str,
+    /// The warm pool the session names (`spec.pool`), as the controller knows it: `None`
+    /// when the session names none.
+    pub pool: Option<PoolView<'a>>,
+}
+
+/// A warm pool as the session planner sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolView<'a> {
+    /// The stored pool, `None` when there is no pool of that name.
+    pub pool: Option<&'a WarmPool>,
+    /// Its members that can be claimed now, oldest first.
+    pub ready: &'a [String],
 }
 
 /// Whether a container of this instance is ours to adopt, replace or remove.
@@ -363,8 +392,27 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
             generation: generation.unwrap_or(0),
         })),
     };
-    let running = |restart_count: u32, id: Option<String>| {
-        ctx.status(Phase::Running, id, restart_count, None, None)
+    // A cold start's pool reason stays as long as the sandbox it explains.
+    let cold = prev.filter(|p| {
+        p.reason
+            .as_deref()
+            .and_then(|r| r.parse::<Reason>().ok())
+            .is_some_and(|r| {
+                matches!(
+                    r,
+                    Reason::PoolNotFound | Reason::PoolMismatch | Reason::PoolEmpty
+                )
+            })
+    });
+    let running = |restart_count: u32, id: Option<String>| match cold {
+        Some(p) if id.is_some() && p.container_id == id => ctx.status(
+            Phase::Running,
+            id,
+            restart_count,
+            p.reason.as_deref().and_then(|r| r.parse().ok()),
+            p.message.clone(),
+        ),
+        _ => ctx.status(Phase::Running, id, restart_count, None, None),
     };
 
     // Pick the one container to keep: matching hash and uid, best state, newest.
@@ -405,8 +453,33 @@ pub fn plan(input: &Input<'_>, s: &Settings) -> Plan {
         }
         // A container existed before and vanished without drift: that is a restart.
         let vanished = live.is_empty() && prev.is_some_and(|p| p.container_id.is_some());
-        out.actions.push(create);
-        out.status = Some(running(restarts + u32::from(vanished), None));
+        let restarts = restarts + u32::from(vanished);
+        match (session.spec.pool.as_deref(), input.pool) {
+            (Some(name), Some(view)) => match offer(name, view.pool, view.ready, &sandbox, s) {
+                Offer::Claim(candidates) => {
+                    out.actions.push(Action::Claim {
+                        pool: name.to_string(),
+                        candidates,
+                        fallback: Box::new(create),
+                    });
+                    out.status = Some(running(restarts, None));
+                }
+                Offer::Cold(reason, message) => {
+                    out.actions.push(create);
+                    out.status = Some(ctx.status(
+                        Phase::Running,
+                        None,
+                        restarts,
+                        Some(reason),
+                        Some(message),
+                    ));
+                }
+            },
+            _ => {
+                out.actions.push(create);
+                out.status = Some(running(restarts, None));
+            }
+        }
         return out;
     };
 
@@ -531,7 +604,9 @@ mod tests {
         let sb = Policy::default().sandbox(&s.spec).unwrap();
         Observed {
             id: id.into(),
+            name: format!("mcp-{}", s.metadata.name),
             session: s.metadata.name.clone(),
+            pool: None,
             state,
             spec_hash: Some(sb.spec_hash()),
             generation: s.metadata.generation,
@@ -572,9 +647,90 @@ mod tests {
                 crash,
                 now,
                 store: "s",
+                pool: None,
             },
             &Settings::default(),
         )
+    }
+
+    fn run_with_pool(session: &Session, view: PoolView<'_>) -> Plan {
+        plan(
+            &Input {
+                name: "demo",
+                session: Some(session),
+                containers: &[],
+                crash: &CrashState::default(),
+                now: now(),
+                store: "s",
+                pool: Some(view),
+            },
+            &Settings::default(),
+        )
+    }
+
+    #[test]
+    fn a_session_naming_a_pool_claims_or_says_why_it_started_cold() {
+        let mut s = session("demo");
+        s.spec.pool = Some("p".into());
+        let mut pool = WarmPool::new("p", "mcp-server:latest", 2);
+        pool.metadata.uid = Some("pu".into());
+        let ready = vec!["m1".to_string(), "m2".to_string()];
+        let p = run_with_pool(
+            &s,
+            PoolView {
+                pool: Some(&pool),
+                ready: &ready,
+            },
+        );
+        match &p.actions[..] {
+            [
+                Action::Claim {
+                    pool, candidates, ..
+                },
+            ] => {
+                assert_eq!(pool, "p");
+                assert_eq!(candidates, &ready);
+            }
+            a => panic!("{a:?}"),
+        }
+        let st = p.status.unwrap();
+        assert_eq!((st.phase, st.reason), (Phase::Running, None));
+
+        // Different env: cold, and the status names the field.
+        s.spec.env.insert("A".into(), "b".into());
+        let p = run_with_pool(
+            &s,
+            PoolView {
+                pool: Some(&pool),
+                ready: &ready,
+            },
+        );
+        assert_eq!(kinds(&p), vec!["create mcp-demo"]);
+        let st = p.status.unwrap();
+        assert_eq!(st.reason.as_deref(), Some("PoolMismatch"));
+        assert!(st.message.unwrap().contains("spec.env"));
+
+        // The reason stays while the cold sandbox runs, and goes with it.
+        let mut c = container(&s, "cold", ContainerState::Running);
+        c.created = 2;
+        let mut running = s.clone();
+        running.status = Some(SessionStatus {
+            container_id: Some("cold".into()),
+            reason: Some("PoolMismatch".into()),
+            message: Some("m".into()),
+            ..run(Some(&s), std::slice::from_ref(&c), &CrashState::default())
+                .status
+                .unwrap()
+        });
+        let p = run(
+            Some(&running),
+            std::slice::from_ref(&c),
+            &CrashState::default(),
+        );
+        assert_eq!(p.status.unwrap().reason.as_deref(), Some("PoolMismatch"));
+        let c2 = container(&s, "new", ContainerState::Running);
+        let p = run(Some(&running), &[c2], &CrashState::default());
+        assert_eq!(p.status.unwrap().reason, None);
     }
 
     fn kinds(p: &Plan) -> Vec<String> {
@@ -584,6 +740,7 @@ mod tests {
                 Action::Remove { id, reason } => format!("remove {id} {reason:?}"),
                 Action::Create { name, .. } => format!("create {name}"),
                 Action::Start { id } => format!("start {id}"),
+                Action::Claim { pool, .. } => format!("claim {pool}"),
                 Action::DeleteSession { resource_version } => format!("delete {resource_version}"),
             })
             .collect()

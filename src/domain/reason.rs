@@ -43,6 +43,14 @@ pub enum Reason {
     /// The sandbox keeps exiting soon after it starts; the next start waits for the
     /// crash-loop back-off. The session is `BackOff`.
     CrashLoopBackOff,
+    /// The session names a warm pool that does not exist (or cannot make sandboxes); its
+    /// sandbox was created cold. Stays while that sandbox runs.
+    PoolNotFound,
+    /// The session's sandbox settings differ from its warm pool's template (the message
+    /// names the fields); its sandbox was created cold.
+    PoolMismatch,
+    /// The session's warm pool had no ready sandbox; its sandbox was created cold.
+    PoolEmpty,
 
     // --- Violation reasons (`domain::contract`, `domain::admission`). Refused writes
     // report them per field; a stored session that no longer fits the contract (after a
@@ -79,6 +87,8 @@ pub enum Reason {
     // --- Session events recorded by the controller.
     /// Normal: a container was created and started for the session.
     Provisioned,
+    /// A started sandbox was claimed from the session's warm pool.
+    Claimed,
     /// Normal: the session's stopped container was started again.
     Restarted,
     /// Normal: a rollout restart was asked for (`restart`, `POST .../restart`); the
@@ -181,6 +191,7 @@ mod tests {
         assert_eq!(Reason::ImageNotAllowed.as_str(), "ImageNotAllowed");
         assert_eq!(Reason::InvalidSpecFile.as_str(), "InvalidSpecFile");
         assert_eq!(Reason::SourceConflict.as_str(), "SourceConflict");
-        assert_eq!(Reason::ALL.len(), 28);
+        assert_eq!(Reason::PoolMismatch.as_str(), "PoolMismatch");
+        assert_eq!(Reason::ALL.len(), 32);
     }
 }

@@ -106,6 +106,11 @@ pub struct SessionSpec {
     /// They do not touch the sandbox either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<McpSpec>,
+    /// A warm pool (`WarmPool` name) to claim a started sandbox from instead of creating
+    /// one. Used when the sandbox settings equal the pool's template; otherwise (or when
+    /// the pool has none ready) the sandbox is created cold and the status says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Per-session MCP gateway settings.
@@ -412,6 +417,43 @@ impl Session {
             .annotations
             .get(SOURCE_ANNOTATION)
             .map(String::as_str)
+    }
+}
+
+/// What every stored kind (`Session`, `WarmPool`) shares: Kubernetes-style metadata, a
+/// status written by the orchestrator only, and a generation that moves when what the
+/// object asks for changes. The store, its change stream and the API are generic over it.
+pub trait Object:
+    Clone + PartialEq + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+    /// The observed state.
+    type Status: Clone + PartialEq + Serialize + Send + Sync;
+    /// The `kind` field (`Session`, `WarmPool`).
+    const KIND: &'static str;
+    /// The metadata.
+    fn meta(&self) -> &ObjectMeta;
+    /// The metadata, mutable.
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+    /// The status slot.
+    fn status_mut(&mut self) -> &mut Option<Self::Status>;
+    /// True when `other` asks for something else than `self` (the generation moves).
+    fn differs(&self, other: &Self) -> bool;
+}
+
+impl Object for Session {
+    type Status = SessionStatus;
+    const KIND: &'static str = KIND;
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+    fn status_mut(&mut self) -> &mut Option<SessionStatus> {
+        &mut self.status
+    }
+    fn differs(&self, other: &Self) -> bool {
+        self.template_differs(other)
     }
 }
 

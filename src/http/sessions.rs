@@ -229,7 +229,7 @@ pub(super) async fn list(
     }
     let snap = st.inner.store.list().await?;
     let items = snap
-        .sessions
+        .items
         .into_iter()
         .filter(|s| sel.matches(&s.metadata.labels))
         .collect();
@@ -299,7 +299,7 @@ async fn watch(
         None => {
             let snap = store.list().await?;
             let watch = store.watch_from(snap.revision, &snap.identity).await?;
-            (snap.sessions, watch)
+            (snap.items, watch)
         }
     };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);

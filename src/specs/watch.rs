@@ -184,7 +184,7 @@ impl Syncer {
             }
         };
         let stored = match self.store.list().await {
-            Ok(s) => s.sessions,
+            Ok(s) => s.items,
             Err(e) => {
                 warn!(error = %e, "specs directory sync: cannot list the store; retrying");
                 return Err(work.clone());
