@@ -186,6 +186,9 @@ struct Shared {
     claims: RwLock<HashMap<String, Claim>>,
     /// Each pool's claimable members, oldest first, as of its last reconcile.
     ready: RwLock<HashMap<String, Vec<String>>>,
+    /// Unclaimed members a Docker event said may have stopped: never offered again, and
+    /// inspected by their pool's next reconcile (a bulk list can still show them running).
+    suspect: Mutex<HashSet<String>>,
     /// The scheduler's trigger channel, for reconciles that cause work elsewhere (a claim
     /// makes its pool refill).
     retrigger: Mutex<Option<mpsc::UnboundedSender<Trigger>>>,
@@ -330,6 +333,7 @@ impl Controller {
                 pools_listed: AtomicBool::new(false),
                 claims: RwLock::new(HashMap::new()),
                 ready: RwLock::new(HashMap::new()),
+                suspect: Mutex::new(HashSet::new()),
                 retrigger: Mutex::new(None),
             }),
         }
@@ -1188,13 +1192,39 @@ async fn reconcile_pool(s: &Shared, name: &str) -> Result<Option<Duration>, Cont
     let pool = s.pools.read().ok().and_then(|p| p.get(name).cloned());
     let store = s.store_id.read().map(|x| x.clone()).unwrap_or_default();
     let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
-    let members: Vec<Observed> = s
+    let mut members: Vec<Observed> = s
         .runtime
         .list_pool(name)
         .await?
         .into_iter()
         .filter(|c| c.store.as_deref() == Some(store.as_str()) && !claims.contains_key(&c.id))
         .collect();
+    // Members an event said may have stopped: their authoritative state, by inspect.
+    let suspects: Vec<String> = s
+        .suspect
+        .lock()
+        .map(|sus| {
+            members
+                .iter()
+                .filter(|c| sus.contains(&c.id))
+                .map(|c| c.id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !suspects.is_empty() {
+        let seen = s.runtime.observe(&suspects).await?;
+        members.retain(|c| !suspects.contains(&c.id) || seen.iter().any(|o| o.id == c.id));
+        for c in &mut members {
+            if let Some(o) = seen.iter().find(|o| o.id == c.id) {
+                c.state = o.state;
+            }
+        }
+        if let Ok(mut sus) = s.suspect.lock() {
+            for id in &suspects {
+                sus.remove(id);
+            }
+        }
+    }
     let claimed = claims.values().filter(|c| c.pool == name).count() as u32;
     let p = plan_pool(
         &PoolInput {
@@ -1540,7 +1570,25 @@ async fn watch_docker(
                     // its pool.
                     let key = match (&ev.pool, s.claimed_by(&ev.id)) {
                         (Some(_), Some(claim)) => claim.session,
-                        (Some(pool), None) => format!("{POOL_KEY}{pool}"),
+                        (Some(pool), None) => {
+                            if ev.action != "start" && ev.action != "create" {
+                                // It may be stopping: never offer it again unless its
+                                // pool's next reconcile finds it running.
+                                if let Ok(mut sus) = s.suspect.lock() {
+                                    if ev.action == "destroy" {
+                                        sus.remove(&ev.id);
+                                    } else {
+                                        sus.insert(ev.id.clone());
+                                    }
+                                }
+                                if let Ok(mut r) = s.ready.write()
+                                    && let Some(ids) = r.get_mut(pool)
+                                {
+                                    ids.retain(|x| x != &ev.id);
+                                }
+                            }
+                            format!("{POOL_KEY}{pool}")
+                        }
                         (None, _) => ev.session.clone(),
                     };
                     let own = s
