@@ -6,7 +6,8 @@
 //! | `<p>:objects` | hash | session name → Session JSON (without `resourceVersion`) |
 //! | `<p>:versions` | hash | session name → resourceVersion |
 //! | `<p>:rv` | string | the last resourceVersion handed out (a counter) |
-//! | `<p>:stream` | stream | one entry per write, id `<rv>-0`: `type`, `name`, `status`, `object` |
+//! | `<p>:stream` | stream | one entry per write, id `<rv>-0`: `type`, `name`, `status`, `object`; at most [`STREAM_MAXLEN`] entries and [`STREAM_MAX_BYTES`] of content, oldest first out |
+//! | `<p>:stream-bytes` | string | the content bytes of the stream's entries (kept by the write script) |
 //! | `<p>:log:<name>` | list | the session's recent events (JSON), newest first, capped |
 //! | `<p>:chat:<name>` | list | the chat history (Gemini `Content` JSON), oldest first, bounded |
 //! | `<p>:chat-bytes:<name>` | string | the byte size of that list |
@@ -48,8 +49,13 @@ use crate::domain::plan::CrashState;
 use crate::domain::resource::{Object, Session};
 use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
-/// Approximate number of change entries kept in the stream.
+/// Most change entries kept in a kind's stream.
 const STREAM_MAXLEN: usize = 100_000;
+/// Most bytes of entry content (the sum of every field value's length) kept in a kind's
+/// stream: the oldest entries go first, so a watcher that falls further behind relists.
+/// With objects of at most [`crate::domain::limits::MAX_OBJECT_BYTES`] this keeps at least
+/// the last 256 writes, typically tens of thousands.
+pub const STREAM_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Number of events kept per session.
 const LOG_LEN: isize = 50;
 /// The schema version this build writes and the newest it reads.
@@ -226,6 +232,8 @@ struct Keys {
     versions: String,
     rv: String,
     stream: String,
+    /// The byte count of the stream's entries (see [`STREAM_MAX_BYTES`]).
+    stream_bytes: String,
     id: String,
     prefix: String,
     /// What the kind's own keys start with after the prefix: `""` for sessions (the
@@ -240,6 +248,7 @@ impl Keys {
             versions: format!("{prefix}:{kind}versions"),
             rv: format!("{prefix}:{kind}rv"),
             stream: format!("{prefix}:{kind}stream"),
+            stream_bytes: format!("{prefix}:{kind}stream-bytes"),
             id: format!("{prefix}:id"),
             prefix: prefix.to_string(),
             kind,
@@ -270,6 +279,8 @@ pub struct Store<T = Session> {
     /// A leader's term: every write of this handle checks it against the newest term in
     /// the same script (see [`Store::fenced`]).
     fence: Option<u64>,
+    /// The change stream's bounds: entries, bytes of content.
+    stream_limits: (usize, usize),
     kind: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -283,6 +294,7 @@ impl<T> Clone for Store<T> {
             set: self.set.clone(),
             claim: self.claim.clone(),
             fence: self.fence,
+            stream_limits: self.stream_limits,
             kind: std::marker::PhantomData,
         }
     }
@@ -347,6 +359,7 @@ end
 redis.call('SET', KEYS[8], ARGV[7], 'NX')
 local rv = redis.call('INCR', KEYS[3])
 local id = rv .. '-0'
+local added = 0
 if ARGV[3] == 'delete' then
   local obj = redis.call('HGET', KEYS[1], ARGV[1]) or ''
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -355,13 +368,29 @@ if ARGV[3] == 'delete' then
   redis.call('DEL', KEYS[6])
   redis.call('DEL', KEYS[7])
   redis.call('HDEL', KEYS[10], ARGV[1])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', 'DELETED', 'name', ARGV[1], 'status', '0', 'object', obj)
+  redis.call('XADD', KEYS[4], id, 'type', 'DELETED', 'name', ARGV[1], 'status', '0', 'object', obj)
+  added = 7 + #ARGV[1] + 1 + #obj
 else
   local t = 'ADDED'
   if cur then t = 'MODIFIED' end
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
   redis.call('HSET', KEYS[2], ARGV[1], rv)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], id, 'type', t, 'name', ARGV[1], 'status', ARGV[5], 'object', ARGV[4])
+  redis.call('XADD', KEYS[4], id, 'type', t, 'name', ARGV[1], 'status', ARGV[5], 'object', ARGV[4])
+  added = #t + #ARGV[1] + 1 + #ARGV[4]
+end
+-- Keep the stream within ARGV[6] entries and ARGV[9] bytes of content (KEYS[11] counts
+-- them): the oldest entries go, never the one just added.
+local total = redis.call('INCRBY', KEYS[11], added)
+local max_entries = tonumber(ARGV[6])
+local max_bytes = tonumber(ARGV[9])
+while total > max_bytes or redis.call('XLEN', KEYS[4]) > max_entries do
+  local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+  if #first == 0 or first[1][1] == id then break end
+  local size = 0
+  local fields = first[1][2]
+  for i = 2, #fields, 2 do size = size + #fields[i] end
+  redis.call('XDEL', KEYS[4], first[1][1])
+  total = redis.call('DECRBY', KEYS[11], size)
 end
 return {'ok', tostring(rv)}
 "#
@@ -444,6 +473,7 @@ impl Store<Session> {
             set: Script::new(SET_LUA),
             claim: Script::new(CLAIM_LUA),
             fence: None,
+            stream_limits: (STREAM_MAXLEN, STREAM_MAX_BYTES),
             kind: std::marker::PhantomData,
         })
     }
@@ -460,8 +490,16 @@ impl<T: Object> Store<T> {
             set: self.set.clone(),
             claim: self.claim.clone(),
             fence: self.fence,
+            stream_limits: self.stream_limits,
             kind: std::marker::PhantomData,
         }
+    }
+
+    /// This store with other change-stream bounds (entries, bytes of content) than
+    /// [`STREAM_MAXLEN`] and [`STREAM_MAX_BYTES`], for tests and benchmarks of trimming.
+    pub fn with_stream_limits(mut self, entries: usize, bytes: usize) -> Store<T> {
+        self.stream_limits = (entries, bytes);
+        self
     }
 
     /// The warm pools of this store.
@@ -838,14 +876,16 @@ impl<T: Object> Store<T> {
             .key(&self.keys.id)
             .key(self.term_key())
             .key(self.crash_key())
+            .key(&self.keys.stream_bytes)
             .arg(name)
             .arg(mode_arg)
             .arg(op)
             .arg(json)
             .arg(status_only)
-            .arg(STREAM_MAXLEN)
+            .arg(self.stream_limits.0)
             .arg(uuid::Uuid::new_v4().simple().to_string())
             .arg(self.fence_arg())
+            .arg(self.stream_limits.1)
             .invoke_async(&mut con)
             .await?;
         match outcome.as_str() {

@@ -1,0 +1,88 @@
+//! What keeps many sessions cheap, against a real Redis: the change stream is bounded in
+//! bytes as well as entries.
+
+mod common;
+
+use common::*;
+use mcp_orchestrator::domain::resource::Session;
+use mcp_orchestrator::store::StoreError;
+
+/// The sum of every field value's length over the stream's entries (what the write script
+/// counts), and the number of entries.
+fn stream_content(env: &Env) -> (usize, usize) {
+    let out = env.redis_cli(&["XRANGE", &format!("mcpo:{}:stream", env.instance), "-", "+"]);
+    // redis-cli prints ids and field names/values one per line; count the values.
+    let lines: Vec<&str> = out.lines().collect();
+    let mut entries = 0;
+    let mut bytes = 0;
+    let mut i = 0;
+    while i < lines.len() {
+        // An entry: its id, then field, value, field, value, ...
+        if lines[i].contains("-0")
+            && lines[i]
+                .split('-')
+                .next()
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        {
+            entries += 1;
+            i += 1;
+            for _ in 0..4 {
+                if i + 1 < lines.len() {
+                    bytes += lines[i + 1].len();
+                }
+                i += 2;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    (entries, bytes)
+}
+
+#[tokio::test]
+async fn the_change_stream_is_bounded_in_bytes() {
+    let env = Env::new();
+    let budget = 100_000;
+    let store = env.store().await.with_stream_limits(100_000, budget);
+    let pad = "x".repeat(8 * 1024);
+    for i in 0..60 {
+        let mut s = Session::new(&format!("s{i}"), &env.image);
+        s.spec.env.insert("PAD".into(), pad.clone());
+        store.create(&s).await.unwrap();
+    }
+    let counted: usize = env
+        .redis_cli(&["GET", &format!("mcpo:{}:stream-bytes", env.instance)])
+        .parse()
+        .unwrap();
+    let (entries, bytes) = stream_content(&env);
+    assert!(counted <= budget, "{counted} bytes kept, over {budget}");
+    assert!(entries >= 10 && entries < 60, "{entries} entries kept");
+    // The counter is what the entries hold (redis-cli shows the values as they are).
+    assert!(
+        counted.abs_diff(bytes) <= entries * 8,
+        "counter {counted}, content {bytes}"
+    );
+    // A watcher that fell behind the trimmed part is told so (and relists) ...
+    let mut old = store.watch(1).await.unwrap();
+    match old.next_batch(std::time::Duration::from_millis(200)).await {
+        Err(StoreError::Gone(_)) => {}
+        other => panic!("expected Gone, got {other:?}"),
+    }
+    // ... one that is in the kept part goes on.
+    let rv = store.revision().await.unwrap();
+    let mut w = store.watch(rv - 3).await.unwrap();
+    let batch = w
+        .next_batch(std::time::Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 3);
+    // Status writes count too, and deletes.
+    for i in 0..60 {
+        store.delete(&format!("s{i}"), None).await.unwrap();
+    }
+    let counted: usize = env
+        .redis_cli(&["GET", &format!("mcpo:{}:stream-bytes", env.instance)])
+        .parse()
+        .unwrap();
+    assert!(counted <= budget);
+}
