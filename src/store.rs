@@ -212,6 +212,23 @@ pub struct Snapshot<T = Session> {
     pub unreadable: Vec<Unreadable>,
 }
 
+/// One page of a list (see [`Store::list_page`]).
+#[derive(Debug, Clone)]
+pub struct Page<T = Session> {
+    /// The objects of this page, sorted by name.
+    pub items: Vec<T>,
+    /// The store revision when the page was read.
+    pub revision: u64,
+    /// The store's identity when the page was read.
+    pub identity: String,
+    /// The last name of this page when more follow (`None`: this is the last page).
+    pub next_after: Option<String>,
+    /// How many objects follow this page.
+    pub remaining: u64,
+    /// Objects of this page that could not be decoded, set aside.
+    pub unreadable: Vec<Unreadable>,
+}
+
 /// A recorded event about a session, shown by `describe`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
@@ -845,6 +862,77 @@ impl<T: Object> Store<T> {
             items: sessions,
             revision: rv.unwrap_or(0),
             identity,
+            unreadable,
+        })
+    }
+
+    /// At most `limit` objects whose names sort after `after` (all names when `None`), in
+    /// name order: a page of a list that never holds more than `limit` objects in memory
+    /// or on the wire. Pages are not one snapshot: each object is as it is when its page is
+    /// read; a client that lists page by page and then watches from the first page's
+    /// revision sees every later change.
+    pub async fn list_page(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<T>, StoreError> {
+        let mut con = self.con.clone();
+        let mut names: Vec<String> = con.hkeys(&self.keys.versions).await?;
+        names.sort_unstable();
+        let start = match after {
+            Some(a) => names.partition_point(|n| n.as_str() <= a),
+            None => 0,
+        };
+        let limit = limit.max(1);
+        let page: Vec<String> = names.iter().skip(start).take(limit).cloned().collect();
+        let remaining = names.len().saturating_sub(start + page.len()) as u64;
+        let (objects, versions, rv, identity): (
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+            Option<u64>,
+            String,
+        ) = if page.is_empty() {
+            let (rv, identity): (Option<u64>, String) = self
+                .with_identity()
+                .get(&self.keys.rv)
+                .get(&self.keys.id)
+                .query_async(&mut con)
+                .await?;
+            (Vec::new(), Vec::new(), rv, identity)
+        } else {
+            self.with_identity()
+                .cmd("HMGET")
+                .arg(&self.keys.objects)
+                .arg(&page)
+                .cmd("HMGET")
+                .arg(&self.keys.versions)
+                .arg(&page)
+                .get(&self.keys.rv)
+                .get(&self.keys.id)
+                .query_async(&mut con)
+                .await?
+        };
+        let mut items = Vec::with_capacity(page.len());
+        let mut unreadable = Vec::new();
+        for ((name, json), v) in page.iter().zip(objects).zip(versions) {
+            // Deleted since the names were read: not on this page.
+            let (Some(json), Some(v)) = (json, v) else {
+                continue;
+            };
+            match Self::decode(name, &json, &v) {
+                Ok(o) => items.push(o),
+                Err(e) => unreadable.push(Unreadable {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(Page {
+            items,
+            revision: rv.unwrap_or(0),
+            identity,
+            next_after: (remaining > 0).then(|| page.last().cloned()).flatten(),
+            remaining,
             unreadable,
         })
     }

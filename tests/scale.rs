@@ -86,3 +86,37 @@ async fn the_change_stream_is_bounded_in_bytes() {
         .unwrap();
     assert!(counted <= budget);
 }
+
+#[tokio::test]
+async fn lists_come_in_pages_in_name_order() {
+    let env = Env::new();
+    let store = env.store().await;
+    for i in 0..25 {
+        store
+            .create(&Session::new(&format!("p{i:02}"), &env.image))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list_page(10, after.as_deref()).await.unwrap();
+        pages.push((page.items.len(), page.remaining));
+        seen.extend(page.items.iter().map(|s| s.metadata.name.clone()));
+        if pages.len() == 1 {
+            // Deleted while a client pages: simply not on a later page.
+            store.delete("p15", None).await.unwrap();
+        }
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![(10, 15), (10, 4), (4, 0)]);
+    let mut want: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    want.retain(|n| n != "p15");
+    assert_eq!(seen, want);
+    let empty = store.list_page(10, Some("zzz")).await.unwrap();
+    assert!(empty.items.is_empty() && empty.next_after.is_none());
+}
