@@ -886,32 +886,29 @@ impl<T: Object> Store<T> {
         let limit = limit.max(1);
         let page: Vec<String> = names.iter().skip(start).take(limit).cloned().collect();
         let remaining = names.len().saturating_sub(start + page.len()) as u64;
-        let (objects, versions, rv, identity): (
-            Vec<Option<String>>,
-            Vec<Option<String>>,
-            Option<u64>,
-            String,
-        ) = if page.is_empty() {
-            let (rv, identity): (Option<u64>, String) = self
-                .with_identity()
-                .get(&self.keys.rv)
-                .get(&self.keys.id)
-                .query_async(&mut con)
-                .await?;
-            (Vec::new(), Vec::new(), rv, identity)
-        } else {
-            self.with_identity()
-                .cmd("HMGET")
-                .arg(&self.keys.objects)
-                .arg(&page)
-                .cmd("HMGET")
-                .arg(&self.keys.versions)
-                .arg(&page)
-                .get(&self.keys.rv)
-                .get(&self.keys.id)
-                .query_async(&mut con)
-                .await?
-        };
+        type Fields = Vec<Option<String>>;
+        let (objects, versions, rv, identity): (Fields, Fields, Option<u64>, String) =
+            if page.is_empty() {
+                let (rv, identity): (Option<u64>, String) = self
+                    .with_identity()
+                    .get(&self.keys.rv)
+                    .get(&self.keys.id)
+                    .query_async(&mut con)
+                    .await?;
+                (Vec::new(), Vec::new(), rv, identity)
+            } else {
+                self.with_identity()
+                    .cmd("HMGET")
+                    .arg(&self.keys.objects)
+                    .arg(&page)
+                    .cmd("HMGET")
+                    .arg(&self.keys.versions)
+                    .arg(&page)
+                    .get(&self.keys.rv)
+                    .get(&self.keys.id)
+                    .query_async(&mut con)
+                    .await?
+            };
         let mut items = Vec::with_capacity(page.len());
         let mut unreadable = Vec::new();
         for ((name, json), v) in page.iter().zip(objects).zip(versions) {
