@@ -269,11 +269,14 @@ impl Runtime {
     /// never read here). Only containers of this store (`store`, the identity) made for this
     /// very session (its uid) count — never another store's, never an earlier session's of
     /// the same name: the one the status names if it is among them, else the newest. `None`
-    /// when there is none. Stdout frames are dropped even if an engine sent them.
+    /// when there is none. Stdout frames are dropped even if an engine sent them. `claimed`
+    /// are the warm-pool members the store's claims give this session
+    /// ([`crate::store::Store::claimed_by`]).
     pub async fn session_stderr(
         &self,
         session: &crate::domain::resource::Session,
         store: &str,
+        claimed: &[String],
         query: &LogQuery,
     ) -> Result<
         Option<impl Stream<Item = Result<bytes::Bytes, RuntimeError>> + Send + use<>>,
@@ -281,9 +284,13 @@ impl Runtime {
     > {
         let preferred = session.status.as_ref().and_then(|s| s.container_id.clone());
         let uid = session.metadata.uid.as_deref();
-        let mut mine: Vec<Observed> = self
-            .list(Some(session.name()), false)
-            .await?
+        let mut candidates = self.list(Some(session.name()), false).await?;
+        // Warm-pool members it claimed carry their pool's labels: the claims vouch for them.
+        for mut c in self.observe(claimed).await? {
+            c.uid = uid.map(str::to_string);
+            candidates.push(c);
+        }
+        let mut mine: Vec<Observed> = candidates
             .into_iter()
             .filter(|c| {
                 crate::domain::plan::ownership(c, store, Some(session))

@@ -598,6 +598,18 @@ impl<T: Object> Store<T> {
         Ok((!value.is_empty()).then_some(value))
     }
 
+    /// The warm-pool members claimed by this very session (its name and uid).
+    pub async fn claimed_by(&self, session: &Session) -> Result<Vec<String>, StoreError> {
+        let uid = session.metadata.uid.as_deref().unwrap_or_default();
+        Ok(self
+            .claims()
+            .await?
+            .into_iter()
+            .filter(|(_, c)| c.session == session.metadata.name && c.uid == uid)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Forget the claim on a container that is gone (fenced).
     pub async fn release_claim(&self, container: &str) -> Result<(), StoreError> {
         self.set_field(&self.claims_key(), container, None).await

@@ -290,7 +290,8 @@ impl Backend {
             Kind::Store { store, instance } => {
                 let rt = Runtime::connect(instance).await?;
                 let identity = store.identity().await?;
-                let stream = rt.session_stderr(session, &identity, q).await?;
+                let claimed = store.claimed_by(session).await?;
+                let stream = rt.session_stderr(session, &identity, &claimed, q).await?;
                 Ok(stream.map(|s| s.map(|r| r.map_err(ClientError::from)).boxed()))
             }
         }

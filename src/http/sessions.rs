@@ -624,10 +624,11 @@ pub(super) async fn log(
         since,
     };
     let identity = st.inner.store.identity().await?;
+    let claimed = st.inner.store.claimed_by(&s).await?;
     let stream = st
         .inner
         .runtime
-        .session_stderr(&s, &identity, &query)
+        .session_stderr(&s, &identity, &claimed, &query)
         .await
         .map_err(|e| {
             ApiError::new(
