@@ -40,6 +40,7 @@ use crate::domain::plan::{self, Action, CrashState, Input, Observed, Ownership, 
 use crate::domain::queue::{Outcome, WorkQueue};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
+use crate::domain::resync;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError, short_id};
 use crate::store::{SessionEvent, Store, StoreError};
@@ -435,7 +436,7 @@ async fn schedule(
     let mut resyncing = false;
     let mut resync_again = false;
     let mut stop_by: Option<Instant> = None;
-    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Result<Vec<String>, String>>();
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Result<Resynced, String>>();
     if let Ok(mut p) = s.progress.lock() {
         p.alive = true;
         p.last = std::time::Instant::now();
@@ -527,8 +528,13 @@ async fn schedule(
             Some(r) = resync_rx.recv() => {
                 resyncing = false;
                 match r {
-                    Ok(keys) => {
-                        keys.iter().for_each(|k| queue.add(k));
+                    Ok(r) => {
+                        r.now.iter().for_each(|k| queue.add(k));
+                        // From memory, no Docker call: the earliest deadline wins, and a key
+                        // queued, running or backing off keeps its own (`WorkQueue::add_at`).
+                        for (k, after) in &r.timers {
+                            queue.add_at(k, r.planned_at + *after);
+                        }
                         s.synced.store(true, Ordering::Relaxed);
                     }
                     Err(e) => { warn!(error = %e, "resync failed"); resync_again = true; }
@@ -547,20 +553,21 @@ async fn schedule(
     }
 }
 
-/// Split `containers` into this store's and the others (see [`plan::ownership`]).
-fn partition_owned(
-    containers: Vec<Observed>,
-    store: &str,
-    sessions: &HashMap<String, Session>,
-) -> (Vec<Observed>, Vec<Observed>) {
-    containers
-        .into_iter()
-        .partition(|c| plan::ownership(c, store, sessions.get(&c.session)) == Ownership::Ours)
+/// What a resync asks of the scheduler.
+struct Resynced {
+    /// Keys to reconcile now.
+    now: Vec<String>,
+    /// Keys to look at again at `planned_at + after`, from memory (their plans only wait).
+    timers: Vec<(String, Duration)>,
+    /// When the pass planned (the timers count from here).
+    planned_at: Instant,
 }
 
-/// One full pass: list every managed container once, plan every session against it, and
-/// return the keys whose plan is not a no-op. No per-session Docker calls.
-async fn resync(s: &Shared) -> Result<Vec<String>, String> {
+/// One full pass: list every managed container once, plan every session against it in
+/// memory ([`resync::plan_all`]), and return the keys to reconcile now (their plan has actions
+/// or a status to write) and the keys that only wait (a ttl, a crash-loop wait), whose timers
+/// the scheduler arms without any Docker call. No per-session Docker calls.
+async fn resync(s: &Shared) -> Result<Resynced, String> {
     let started = Instant::now();
     let containers = s
         .runtime
@@ -577,51 +584,33 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
         *hold = h;
     }
     let held = s.hold.read().map(|h| h.is_some()).unwrap_or(false);
-    let (ours, mut foreign) = partition_owned(containers, &store, &sessions);
-    let (ours, orphans): (Vec<Observed>, Vec<Observed>) = ours
-        .into_iter()
-        .partition(|c| !held || sessions.contains_key(&c.session));
-    foreign.extend(orphans);
-    report_foreign(s, foreign);
-    let mut by_session: HashMap<String, Vec<plan::Observed>> = HashMap::new();
-    for c in ours {
-        by_session.entry(c.session.clone()).or_default().push(c);
-    }
     let crash = s.crash.lock().map(|c| c.clone()).unwrap_or_default();
-    let now = Utc::now();
-    let names: HashSet<&String> = sessions.keys().chain(by_session.keys()).collect();
-    let empty = Vec::new();
-    let mut keys = Vec::new();
-    for name in names {
-        if unreadable.contains_key(name) {
-            continue;
-        }
-        let session = sessions.get(name);
-        let p = plan::plan(
-            &Input {
-                name,
-                session,
-                containers: by_session.get(name).unwrap_or(&empty),
-                crash: crash.get(name).unwrap_or(&CrashState::default()),
-                now,
-                store: &store,
-            },
-            &s.config.settings,
-        );
-        if !p.actions.is_empty()
-            || plan::status_changed(session.and_then(|s| s.status.as_ref()), p.status.as_ref())
-            || p.requeue_after.is_some()
-        {
-            keys.push(name.clone());
-        }
-    }
+    let planned_at = Instant::now();
+    let pass = resync::plan_all(
+        containers,
+        &resync::View {
+            sessions: &sessions,
+            unreadable: &unreadable,
+            crash: &crash,
+            store: &store,
+            held,
+            now: Utc::now(),
+        },
+        &s.config.settings,
+    );
+    report_foreign(s, pass.foreign);
     debug!(
         sessions = sessions.len(),
-        enqueued = keys.len(),
+        enqueued = pass.now.len(),
+        timers = pass.timers.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "resync"
     );
-    Ok(keys)
+    Ok(Resynced {
+        now: pass.now,
+        timers: pass.timers,
+        planned_at,
+    })
 }
 
 /// Publish the containers of another store: gauge, and a log line when the set changes.
