@@ -43,6 +43,7 @@ use crate::domain::pool::{PoolInput, WarmPool, plan_pool};
 use crate::domain::queue::{Outcome, WorkQueue};
 use crate::domain::reason::Reason;
 use crate::domain::resource::{Phase, Session};
+use crate::domain::resync;
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, RuntimeError, short_id};
 use crate::store::{Claim, SessionEvent, Store, StoreError};
@@ -117,8 +118,7 @@ impl Default for Config {
 /// later write goes unnoticed.
 const WATCH_BLOCK: Duration = Duration::from_secs(2);
 
-/// Work-queue keys of warm pools: `warmpool/<name>` (session names have no `/`).
-pub const POOL_KEY: &str = "warmpool/";
+pub use crate::domain::pool::POOL_KEY;
 
 /// Members a pool reconcile creates at most before it lets other work run (the engine
 /// starts about 7 a second whatever we ask); the next pass follows at once.
@@ -515,7 +515,7 @@ async fn schedule(
     let mut resyncing = false;
     let mut resync_again = false;
     let mut stop_by: Option<Instant> = None;
-    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Result<Vec<String>, String>>();
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<Result<Resynced, String>>();
     if let Ok(mut p) = s.progress.lock() {
         p.alive = true;
         p.last = std::time::Instant::now();
@@ -608,8 +608,13 @@ async fn schedule(
             Some(r) = resync_rx.recv() => {
                 resyncing = false;
                 match r {
-                    Ok(keys) => {
-                        keys.iter().for_each(|k| queue.add(k));
+                    Ok(r) => {
+                        r.now.iter().for_each(|k| queue.add(k));
+                        // From memory, no Docker call: the earliest deadline wins, and a key
+                        // queued, running or backing off keeps its own (`WorkQueue::add_at`).
+                        for (k, after) in &r.timers {
+                            queue.add_at(k, r.planned_at + *after);
+                        }
                         s.synced.store(true, Ordering::Relaxed);
                     }
                     Err(e) => { warn!(error = %e, "resync failed"); resync_again = true; }
@@ -628,30 +633,29 @@ async fn schedule(
     }
 }
 
-/// A container as its session sees it: a claimed pool member is its claim's session's,
-/// with that session's uid.
+/// A container as its session sees it (see [`Claim::apply`]).
 fn claimed(mut c: Observed, claims: &HashMap<String, Claim>) -> Observed {
     if let Some(cl) = claims.get(&c.id) {
-        c.session = cl.session.clone();
-        c.uid = Some(cl.uid.clone());
+        cl.apply(&mut c);
     }
     c
 }
 
-/// Split `containers` into this store's and the others (see [`plan::ownership`]).
-fn partition_owned(
-    containers: Vec<Observed>,
-    store: &str,
-    sessions: &HashMap<String, Session>,
-) -> (Vec<Observed>, Vec<Observed>) {
-    containers
-        .into_iter()
-        .partition(|c| plan::ownership(c, store, sessions.get(&c.session)) == Ownership::Ours)
+/// What a resync asks of the scheduler.
+struct Resynced {
+    /// Keys to reconcile now.
+    now: Vec<String>,
+    /// Keys to look at again at `planned_at + after`, from memory (their plans only wait).
+    timers: Vec<(String, Duration)>,
+    /// When the pass planned (the timers count from here).
+    planned_at: Instant,
 }
 
-/// One full pass: list every managed container once, plan every session against it, and
-/// return the keys whose plan is not a no-op. No per-session Docker calls.
-async fn resync(s: &Shared) -> Result<Vec<String>, String> {
+/// One full pass: list every managed container once, plan every session against it in
+/// memory ([`resync::plan_all`]), and return the keys to reconcile now (their plan has actions
+/// or a status to write) and the keys that only wait (a ttl, a crash-loop wait), whose timers
+/// the scheduler arms without any Docker call. No per-session Docker calls.
+async fn resync(s: &Shared) -> Result<Resynced, String> {
     let started = Instant::now();
     let containers = s
         .runtime
@@ -668,91 +672,39 @@ async fn resync(s: &Shared) -> Result<Vec<String>, String> {
         *hold = h;
     }
     let held = s.hold.read().map(|h| h.is_some()).unwrap_or(false);
-    let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
-    let containers = containers
-        .into_iter()
-        .map(|c| claimed(c, &claims))
-        .collect();
-    let (ours, mut foreign) = partition_owned(containers, &store, &sessions);
-    // Unclaimed pool members are their pool's, never a session's orphans.
-    let (members, ours): (Vec<Observed>, Vec<Observed>) = ours
-        .into_iter()
-        .partition(|c| c.pool.is_some() && !claims.contains_key(&c.id));
-    let (ours, orphans): (Vec<Observed>, Vec<Observed>) = ours
-        .into_iter()
-        .partition(|c| !held || sessions.contains_key(&c.session));
-    foreign.extend(orphans);
-    report_foreign(s, foreign);
-    let mut by_session: HashMap<String, Vec<plan::Observed>> = HashMap::new();
-    for c in ours {
-        by_session.entry(c.session.clone()).or_default().push(c);
-    }
     let crash = s.crash.lock().map(|c| c.clone()).unwrap_or_default();
-    let now = Utc::now();
-    let names: HashSet<&String> = sessions.keys().chain(by_session.keys()).collect();
-    let empty = Vec::new();
-    let mut keys = Vec::new();
+    let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
     let pools = s.pools.read().map(|p| p.clone()).unwrap_or_default();
     let ready = s.ready.read().map(|r| r.clone()).unwrap_or_default();
-    let no_ids: Vec<String> = Vec::new();
-    for name in names {
-        if unreadable.contains_key(name) {
-            continue;
-        }
-        let session = sessions.get(name);
-        let pool = session.and_then(|x| x.spec.pool.as_deref());
-        let p = plan::plan(
-            &Input {
-                name,
-                session,
-                containers: by_session.get(name).unwrap_or(&empty),
-                crash: crash.get(name).unwrap_or(&CrashState::default()),
-                now,
-                store: &store,
-                pool: pool.map(|p| PoolView {
-                    pool: pools.get(p),
-                    ready: ready.get(p).unwrap_or(&no_ids),
-                }),
-            },
-            &s.config.settings,
-        );
-        if !p.actions.is_empty()
-            || plan::status_changed(session.and_then(|s| s.status.as_ref()), p.status.as_ref())
-            || p.requeue_after.is_some()
-        {
-            keys.push(name.clone());
-        }
-    }
-    let mut by_pool: HashMap<String, Vec<Observed>> = HashMap::new();
-    for c in members {
-        if let Some(p) = c.pool.clone() {
-            by_pool.entry(p).or_default().push(c);
-        }
-    }
-    for name in pools.keys().chain(by_pool.keys()).collect::<HashSet<_>>() {
-        let pool = pools.get(name);
-        let p = plan_pool(
-            &PoolInput {
-                name,
-                pool,
-                members: by_pool.get(name).unwrap_or(&empty),
-                claimed: claims.values().filter(|c| &c.pool == name).count() as u32,
-                store: &store,
-                nonce: 0,
-            },
-            &s.config.settings,
-        );
-        if !p.actions.is_empty() || pool.is_some_and(|x| x.status != p.status) {
-            keys.push(format!("{POOL_KEY}{name}"));
-        }
-    }
+    let planned_at = Instant::now();
+    let pass = resync::plan_all(
+        containers,
+        &resync::View {
+            sessions: &sessions,
+            unreadable: &unreadable,
+            crash: &crash,
+            store: &store,
+            held,
+            now: Utc::now(),
+            claims: &claims,
+            pools: &pools,
+            ready: &ready,
+        },
+        &s.config.settings,
+    );
+    report_foreign(s, pass.foreign);
     debug!(
         sessions = sessions.len(),
-        enqueued = keys.len(),
+        enqueued = pass.now.len(),
+        timers = pass.timers.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "resync"
     );
-    Ok(keys)
+    Ok(Resynced {
+        now: pass.now,
+        timers: pass.timers,
+        planned_at,
+    })
 }
 
 /// Publish the containers of another store: gauge, and a log line when the set changes.

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub restarts: IntCounter,
     /// Docker API errors.
     pub docker_errors: IntCounter,
+    /// Docker API calls made by the runtime, by operation (`list`, `inspect`, `create`,
+    /// `start`, … see [`crate::runtime::DOCKER_OPS`]).
+    pub docker_calls: IntCounterVec,
     /// Redis errors.
     pub redis_errors: IntCounter,
     /// HTTP requests that passed auth, by method (unknown ones as `OTHER`), matched route
@@ -106,6 +109,14 @@ impl Metrics {
         .expect("valid");
         let docker_errors =
             IntCounter::new("mcpo_docker_errors_total", "Docker API errors.").expect("valid");
+        let docker_calls = IntCounterVec::new(
+            Opts::new(
+                "mcpo_docker_calls_total",
+                "Docker API calls made by the orchestrator, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
         let redis_errors =
             IntCounter::new("mcpo_redis_errors_total", "Redis errors.").expect("valid");
         let http_requests = IntCounterVec::new(
@@ -256,6 +267,7 @@ impl Metrics {
             Box::new(sessions.clone()),
             Box::new(restarts.clone()),
             Box::new(docker_errors.clone()),
+            Box::new(docker_calls.clone()),
             Box::new(redis_errors.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_unauthorized.clone()),
@@ -269,6 +281,9 @@ impl Metrics {
         for k in ["watch", "wait", "chat", "mcp"] {
             open_streams.with_label_values(&[k]);
         }
+        for op in crate::runtime::DOCKER_OPS {
+            docker_calls.with_label_values(&[op]);
+        }
         Metrics {
             registry,
             reconciles,
@@ -277,6 +292,7 @@ impl Metrics {
             sessions,
             restarts,
             docker_errors,
+            docker_calls,
             redis_errors,
             http_requests,
             task_panics,

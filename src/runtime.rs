@@ -3,20 +3,26 @@
 //! Every query is scoped by the managed-by and instance labels, so one orchestrator never
 //! sees (or removes) another instance's containers. The client negotiates the API version
 //! with the engine, which matters on engines older than bollard's default (API 1.41 here).
+//!
+//! Every engine call made here is counted by operation when the runtime was given a counter
+//! ([`Runtime::counting`]; `serve` gives it `mcpo_docker_calls_total{op}`).
 
 use std::collections::HashMap;
 
 use bollard::Docker;
+use bollard::container::AttachContainerResults;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
     ContainerSummaryStateEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, InspectContainerOptions, KillContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, EventsOptions, InspectContainerOptions,
+    KillContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions,
+    StopContainerOptions,
 };
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
+use prometheus::IntCounterVec;
 
 use crate::domain::contract::{
     LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SESSION, LABEL_STORE, MANAGED_BY,
@@ -96,11 +102,19 @@ pub struct ContainerEvent {
     pub id: String,
 }
 
+/// The operations [`Runtime`] counts, one label value each of `mcpo_docker_calls_total`.
+pub const DOCKER_OPS: &[&str] = &[
+    "ping", "list", "inspect", "create", "start", "remove", "kill", "stop", "events", "logs",
+    "attach",
+];
+
 /// The Docker engine, scoped to one orchestrator instance.
 #[derive(Clone)]
 pub struct Runtime {
     docker: Docker,
     instance: String,
+    /// Engine calls by operation (a shared handle; `None`: not counted).
+    calls: Option<IntCounterVec>,
 }
 
 impl Runtime {
@@ -113,10 +127,25 @@ impl Runtime {
         Ok(Runtime {
             docker,
             instance: instance.to_string(),
+            calls: None,
         })
     }
 
-    /// The underlying client (for the chat bridge's attach and for tests).
+    /// Count every engine call this runtime (and every clone made from it afterwards) makes
+    /// in `calls`, labelled by operation (one of [`DOCKER_OPS`]).
+    pub fn counting(mut self, calls: IntCounterVec) -> Runtime {
+        self.calls = Some(calls);
+        self
+    }
+
+    /// One engine call of `op` is about to be made.
+    fn count(&self, op: &'static str) {
+        if let Some(c) = &self.calls {
+            c.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// The underlying client (for tests). Calls made through it are not counted.
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
@@ -128,6 +157,7 @@ impl Runtime {
 
     /// Is the engine answering?
     pub async fn ping(&self) -> Result<(), RuntimeError> {
+        self.count("ping");
         self.docker.ping().await?;
         Ok(())
     }
@@ -174,6 +204,7 @@ impl Runtime {
         filters: HashMap<String, Vec<String>>,
         inspect: bool,
     ) -> Result<Vec<Observed>, RuntimeError> {
+        self.count("list");
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -248,6 +279,7 @@ impl Runtime {
 
     /// Container names (without the leading `/`) of this instance's managed containers, by id.
     pub async fn names(&self) -> Result<HashMap<String, String>, RuntimeError> {
+        self.count("list");
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -317,6 +349,7 @@ impl Runtime {
             let secs = since.timestamp().clamp(0, i64::from(i32::MAX));
             options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
         }
+        self.count("logs");
         let stream = self
             .docker
             .logs(&id, Some(options.build()))
@@ -332,6 +365,7 @@ impl Runtime {
 
     /// Full inspect of one container.
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, RuntimeError> {
+        self.count("inspect");
         Ok(self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -352,6 +386,7 @@ impl Runtime {
                 ..Default::default()
             })
         };
+        self.count("create");
         let created = match self.docker.create_container(options(), body.clone()).await {
             Ok(c) => c,
             Err(e) if status_code(&e) == Some(409) => {
@@ -379,6 +414,7 @@ impl Runtime {
                     });
                 }
                 self.remove(info.id.as_deref().unwrap_or(name)).await?;
+                self.count("create");
                 self.docker
                     .create_container(options(), body.clone())
                     .await?
@@ -398,6 +434,7 @@ impl Runtime {
     /// Returns whether this call started it (false: it was running already, and the engine
     /// sends no `start` event).
     pub async fn start(&self, id: &str) -> Result<bool, RuntimeError> {
+        self.count("start");
         match self
             .docker
             .start_container(id, None::<StartContainerOptions>)
@@ -412,6 +449,7 @@ impl Runtime {
     /// Rename a container (a claimed warm-pool member takes its session's name). Returns
     /// false, changing nothing, when the name is taken.
     pub async fn rename(&self, id: &str, name: &str) -> Result<bool, RuntimeError> {
+        self.count("rename");
         match self
             .docker
             .rename_container(
@@ -492,6 +530,7 @@ impl Runtime {
 
     /// Force-remove a container; one already gone is not an error.
     pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.count("remove");
         match self
             .docker
             .remove_container(
@@ -514,6 +553,7 @@ impl Runtime {
 
     /// Send a signal to a container's main process (chaos and tests).
     pub async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        self.count("kill");
         self.docker
             .kill_container(
                 id,
@@ -527,6 +567,7 @@ impl Runtime {
 
     /// Stop a container (chaos and tests).
     pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.count("stop");
         self.docker
             .stop_container(
                 id,
@@ -537,6 +578,25 @@ impl Runtime {
             )
             .await?;
         Ok(())
+    }
+
+    /// Attach to a container's stdin, stdout and stderr as a stream (no logs replayed): the
+    /// MCP connection to a sandbox ([`crate::mcp::upstream`]).
+    pub async fn attach(&self, id: &str) -> Result<AttachContainerResults, bollard::errors::Error> {
+        self.count("attach");
+        self.docker
+            .attach_container(
+                id,
+                Some(AttachContainerOptions {
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    stream: true,
+                    logs: false,
+                    ..Default::default()
+                }),
+            )
+            .await
     }
 
     /// Lifecycle events of this instance's managed containers. The stream ends or errors when
@@ -553,6 +613,7 @@ impl Runtime {
             .map(|s| s.to_string())
             .collect(),
         );
+        self.count("events");
         self.docker
             .events(Some(EventsOptions {
                 filters: Some(filters),

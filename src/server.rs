@@ -342,9 +342,11 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
         .await
         .map_err(store_err("Redis is not answering"))?;
     info!(redis = %redis, instance = %instance, "connected to Redis");
+    let metrics = crate::metrics::Metrics::new();
     let runtime = Runtime::connect(instance)
         .await
-        .map_err(docker_err("cannot connect to the Docker engine"))?;
+        .map_err(docker_err("cannot connect to the Docker engine"))?
+        .counting(metrics.docker_calls.clone());
     runtime
         .ping()
         .await
@@ -409,7 +411,6 @@ pub async fn run(redis: &RedisTarget, instance: &str, a: ServeArgs) -> Result<()
     let timings = crate::lease::Timings::from_ttl(a.lease_ttl)
         .map_err(|e| ServerError::Config(e.to_string()))?;
     let shutdown = CancellationToken::new();
-    let metrics = crate::metrics::Metrics::new();
     let replica = crate::replica::replica_id();
     info!(replica = %replica, advertise = %advertise, "replica");
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(None);

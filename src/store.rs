@@ -46,6 +46,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::plan::CrashState;
+pub use crate::domain::pool::Claim;
 use crate::domain::resource::{Object, Session};
 use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
@@ -425,19 +426,6 @@ end
 return {'ok', ''}
 "#
 );
-
-/// A warm-pool member's claim: the session that holds it. Kept in `<p>:claims` (container
-/// id → claim) from the claim until the container is gone, so the binding survives restarts
-/// and a new leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    /// The session's name.
-    pub session: String,
-    /// The session's uid (a later session of the same name does not inherit the sandbox).
-    pub uid: String,
-    /// The pool the member came from.
-    pub pool: String,
-}
 
 /// The precondition of a write.
 enum Mode<'a> {

@@ -509,3 +509,126 @@ fn a_new_session_is_reconciled_once_its_own_events_trigger_nothing() {
         s["restartCount"] == 1 && s["phase"] == "Running"
     });
 }
+
+/// Lines of `log` that are resync passes.
+fn resyncs(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("resync sessions="))
+        .collect()
+}
+
+/// Reconciles of `session` started so far, per `log`.
+fn reconcile_starts(log: &str, session: &str) -> usize {
+    let span = format!("reconcile{{session={session}}}");
+    log.lines()
+        .filter(|l| l.contains(&span) && l.contains("reconcile start"))
+        .count()
+}
+
+/// `after[op] - before[op]`, an op missing from either counting as 0.
+fn grew(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+    op: &str,
+) -> u64 {
+    after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_resync_costs_one_docker_list_and_ttl_timers_come_from_memory() {
+    let mut env = Env::new();
+    env.start_orchestrator(&["--resync-interval", "1s"]);
+    let mut names = Vec::new();
+    let mut yaml = Vec::new();
+    for i in 0..5 {
+        let (ttl, plain) = (format!("ttl-{i}"), format!("plain-{i}"));
+        yaml.push(session_yaml(&ttl, &env.image, "  ttlSeconds: 3600\n"));
+        yaml.push(session_yaml(&plain, &env.image, ""));
+        names.extend([ttl, plain]);
+    }
+    env.apply_yaml(&yaml.join("---\n"));
+    assert_converged(&env, &names);
+    // One pass after convergence that wants nothing done now and arms the 5 ttl timers.
+    let quiet = "resync sessions=10 enqueued=0 timers=5 ";
+    let seen = env.log_text().matches(quiet).count();
+    wait_until(T, "a resync with nothing to do", || {
+        env.log_text().matches(quiet).count() > seen
+    });
+
+    let before = env.docker_calls();
+    let log = env.log_text();
+    let (passes0, reconciles0) = (resyncs(&log).len(), log.matches("reconcile start").count());
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = env.docker_calls();
+    let log = env.log_text();
+    let window = &resyncs(&log)[passes0..];
+    let passes = window.len() as u64;
+    assert!(passes >= 3, "at least 3 resyncs in 3.5 s: {window:#?}");
+    for line in window {
+        assert!(line.contains(quiet), "every pass in the window: {line}");
+    }
+    assert_eq!(
+        log.matches("reconcile start").count(),
+        reconciles0,
+        "no session is reconciled by the resyncs (the ttl ones wait on timers):\n{log}"
+    );
+    // One bulk list per pass (±1: a pass may straddle a reading of the metrics and the log).
+    let lists = grew(&before, &after, "list");
+    assert!(
+        (passes.saturating_sub(1)..=passes + 1).contains(&lists),
+        "{lists} list calls for {passes} resyncs: {before:?} → {after:?}"
+    );
+    for op in [
+        "inspect", "create", "start", "remove", "kill", "stop", "logs", "attach",
+    ] {
+        assert_eq!(
+            grew(&before, &after, op),
+            0,
+            "no {op} call while nothing changes: {before:?} → {after:?}"
+        );
+    }
+
+    // A short ttl still expires on time, from the in-memory timer: while the session lives,
+    // the 1 s resyncs arm its timer without reconciling it or inspecting anything.
+    let applied = std::time::Instant::now();
+    env.apply_yaml(&session_yaml("brief", &env.image, "  ttlSeconds: 3\n"));
+    env.wait_running("brief", T);
+    env.wait_status("brief", T, |s| s["phase"] == "Running");
+    let before = env.docker_calls();
+    let starts = reconcile_starts(&env.log_text(), "brief");
+    let passes0 = resyncs(&env.log_text()).len();
+    let quiet = "resync sessions=11 enqueued=0 timers=6 ";
+    if let Some(rest) = Duration::from_millis(2400).checked_sub(applied.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    let after = env.docker_calls();
+    let log = env.log_text();
+    assert_eq!(
+        reconcile_starts(&log, "brief"),
+        starts,
+        "brief is not reconciled before it expires:\n{log}"
+    );
+    assert_eq!(
+        grew(&before, &after, "inspect"),
+        0,
+        "{before:?} → {after:?}"
+    );
+    assert!(
+        resyncs(&log)[passes0..].iter().any(|l| l.contains(quiet)),
+        "a pass armed brief's timer ({quiet}):\n{log}"
+    );
+    wait_until(
+        Duration::from_secs(6),
+        "the expired session to be deleted",
+        || env.get_json("brief").is_none(),
+    );
+    let took = applied.elapsed();
+    eprintln!("ttlSeconds 3: deleted {took:?} after the apply");
+    assert!(
+        took >= Duration::from_millis(2900) && took <= Duration::from_secs(5),
+        "deleted {took:?} after the apply, expected 3–5 s"
+    );
+    wait_until(T, "its container to be removed", || {
+        env.containers("brief").is_empty()
+    });
+}

@@ -10,6 +10,8 @@
 //! - [`admission`]: the one validation path for every write of desired state.
 //! - [`selector`]: Kubernetes label selectors.
 //! - [`plan`]: the planning core, desired + observed → actions.
+//! - [`resync`]: one resync pass in memory — every session planned against one bulk list,
+//!   decided into reconcile now, a timer, or nothing.
 //! - [`reason`]: the one vocabulary of machine-readable reasons (status, events, violations).
 //! - [`queue`]: the work queue — coalescing, one reconcile per session, backoff.
 //! - [`expect`]: Docker events the controller caused itself, so they trigger nothing.
@@ -25,6 +27,7 @@ pub mod pool;
 pub mod queue;
 pub mod reason;
 pub mod resource;
+pub mod resync;
 pub mod selector;
 pub mod wait;
 
@@ -42,6 +45,7 @@ mod tests {
         ("queue.rs", include_str!("queue.rs")),
         ("reason.rs", include_str!("reason.rs")),
         ("resource.rs", include_str!("resource.rs")),
+        ("resync.rs", include_str!("resync.rs")),
         ("selector.rs", include_str!("selector.rs")),
         ("wait.rs", include_str!("wait.rs")),
     ];

@@ -24,6 +24,31 @@ use crate::domain::resource::{API_VERSION, ObjectMeta, Resources, SessionSpec};
 /// The `kind` of a warm pool.
 pub const POOL_KIND: &str = "WarmPool";
 
+/// Work-queue keys of warm pools: `warmpool/<name>` (session names have no `/`).
+pub const POOL_KEY: &str = "warmpool/";
+
+/// A warm-pool member's claim: the session that holds it. The store keeps it (container id
+/// → claim) from the claim until the container is gone, so the binding survives restarts
+/// and a new leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The session's name.
+    pub session: String,
+    /// The session's uid (a later session of the same name does not inherit the sandbox).
+    pub uid: String,
+    /// The pool the member came from.
+    pub pool: String,
+}
+
+impl Claim {
+    /// A container as its session sees it: a claimed member is its claim's session's,
+    /// with that session's uid.
+    pub fn apply(&self, c: &mut Observed) {
+        c.session = self.session.clone();
+        c.uid = Some(self.uid.clone());
+    }
+}
+
 /// A warm pool: `replicas` started sandboxes of one template, ready to be claimed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

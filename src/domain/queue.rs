@@ -76,9 +76,13 @@ impl WorkQueue {
         }
     }
 
-    /// Trigger `key` at `at`, unless it is due earlier anyway.
+    /// Trigger `key` at `at`, unless it is due earlier anyway: a key that is queued, waits
+    /// out a failure backoff, or already has an earlier deadline keeps it (the earliest
+    /// deadline wins; an existing earlier timer is never pushed later). A key being
+    /// reconciled is left alone too: its reconcile ends with its own, fresher, requeue.
     pub fn add_at(&mut self, key: &str, at: Instant) {
         if self.queued.contains(key)
+            || self.active.contains(key)
             || self.dirty.contains(key)
             || self.backing_off.contains_key(key)
         {
@@ -143,6 +147,10 @@ impl WorkQueue {
                 let at = now + self.backoff(n);
                 // Triggers that arrived meanwhile wait for the backoff too.
                 self.dirty.remove(key);
+                // The backoff replaces any timer the key had: one deadline per key.
+                if let Some(old) = self.deadline.remove(key) {
+                    self.delayed.remove(&(old, key.to_string()));
+                }
                 self.backing_off.insert(key.to_string(), at);
                 self.deadline.insert(key.to_string(), at);
                 self.delayed.insert((at, key.to_string()));
@@ -280,5 +288,53 @@ mod tests {
         q.add("a");
         assert_eq!(q.delayed_len(), 0);
         assert_eq!(q.pop().as_deref(), Some("a"));
+    }
+
+    /// The resync arms timers for keys in every state: a timer never runs a key early, never
+    /// pushes an earlier deadline later, and never shortens a failure backoff.
+    #[test]
+    fn timers_from_a_resync_coalesce_with_every_state() {
+        let mut q = q();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+
+        // Delayed already (a reconcile's own requeue): the earlier deadline stays.
+        q.add_at("delayed", t0 + s(3));
+        q.add_at("delayed", t0 + s(4));
+        assert_eq!(q.next_deadline(), Some(t0 + s(3)));
+        q.add_at("delayed", t0 + s(1));
+        assert_eq!(q.next_deadline(), Some(t0 + s(1)));
+        assert_eq!(q.delayed_len(), 1);
+
+        // Queued to run now: a timer changes nothing.
+        q.add("now");
+        q.add_at("now", t0 + s(10));
+        assert_eq!(q.delayed_len(), 1);
+
+        // Active: its reconcile's outcome decides; the resync's timer is not kept.
+        assert_eq!(q.pop().as_deref(), Some("now"));
+        q.add_at("now", t0 + s(2));
+        assert_eq!(q.delayed_len(), 1);
+        q.done("now", Outcome::Done(Some(s(5))), t0);
+        assert_eq!(q.delayed_len(), 2);
+        q.add_at("now", t0 + s(7));
+        q.promote(t0 + s(4));
+        assert_eq!(q.pop().as_deref(), Some("delayed"));
+        assert_eq!(q.pop(), None, "'now' is due at 5 s, not earlier");
+        q.promote(t0 + s(5));
+        assert_eq!(q.pop().as_deref(), Some("now"));
+
+        // Waiting out a failure backoff: a timer neither shortens nor duplicates it.
+        q.done("now", Outcome::Failed, t0);
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_millis(100)));
+        q.add_at("now", t0 + Duration::from_millis(10));
+        q.promote(t0 + Duration::from_millis(50));
+        assert_eq!(q.pop(), None, "the backoff holds");
+        q.promote(t0 + Duration::from_millis(100));
+        assert_eq!(q.pop().as_deref(), Some("now"));
+        q.done("now", Outcome::Done(None), t0);
+        q.done("delayed", Outcome::Done(None), t0);
+        assert_eq!(q.delayed_len(), 0);
+        assert_eq!(q.next_deadline(), None);
     }
 }

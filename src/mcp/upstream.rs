@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use bollard::query_parameters::AttachContainerOptions;
 use futures::StreamExt;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig,
@@ -209,18 +208,7 @@ pub async fn connect(
     hub: Arc<Hub>,
 ) -> Result<McpConn, McpError> {
     let attached = runtime
-        .docker()
-        .attach_container(
-            container_id,
-            Some(AttachContainerOptions {
-                stdin: true,
-                stdout: true,
-                stderr: true,
-                stream: true,
-                logs: false,
-                ..Default::default()
-            }),
-        )
+        .attach(container_id)
         .await
         .map_err(|source| McpError::Attach {
             container: container_id.to_string(),

@@ -534,6 +534,28 @@ impl Env {
     }
 }
 
+impl Env {
+    /// `serve`'s Docker API calls so far, by operation (`mcpo_docker_calls_total{op}` on its
+    /// `/metrics`). Panics when the endpoint does not answer or has no such counter.
+    pub fn docker_calls(&self) -> std::collections::HashMap<String, u64> {
+        let (code, body) = http_get(&format!("{}/metrics", self.api()));
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        let calls: std::collections::HashMap<String, u64> = body
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("mcpo_docker_calls_total{op=\"")?;
+                let (op, value) = rest.split_once("\"} ")?;
+                Some((op.to_string(), value.trim().parse().ok()?))
+            })
+            .collect();
+        assert!(
+            calls.contains_key("list"),
+            "no mcpo_docker_calls_total{{op=\"list\"}} on /metrics:\n{body}"
+        );
+        calls
+    }
+}
+
 /// One running container per session, no orphans, every status Running.
 pub fn assert_converged(env: &Env, names: &[String]) {
     for n in names {
