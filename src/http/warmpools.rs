@@ -54,7 +54,7 @@ pub struct PoolWriteQuery {
 }
 
 /// List warm pools, or watch them with `?watch=true`.
-#[utoipa::path(get, path = "/api/v1/warmpools", tag = "warmpools", params(ReadQuery),
+#[utoipa::path(get, path = "/api/v1/warmpools", operation_id = "listWarmPools", tag = "warmpools", params(ReadQuery),
     responses(
         (status = 200, description = "The pools, or an SSE stream with watch=true", body = WarmPoolList),
         (status = 400, description = "Bad selector", body = Status),
@@ -68,7 +68,7 @@ pub(super) async fn list(
 }
 
 /// Create a warm pool.
-#[utoipa::path(post, path = "/api/v1/warmpools", tag = "warmpools", params(PoolWriteQuery),
+#[utoipa::path(post, path = "/api/v1/warmpools", operation_id = "createWarmPool", tag = "warmpools", params(PoolWriteQuery),
     request_body(content = WarmPool, content_type = "application/json"),
     responses(
         (status = 201, description = "Created", body = WarmPool),
@@ -92,7 +92,7 @@ pub(super) async fn create(
 }
 
 /// Read one warm pool, or watch it with `?watch=true`.
-#[utoipa::path(get, path = "/api/v1/warmpools/{name}", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), ReadQuery),
+#[utoipa::path(get, path = "/api/v1/warmpools/{name}", operation_id = "readWarmPool", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), ReadQuery),
     responses((status = 200, description = "The pool", body = WarmPool), (status = 404, description = "No such pool", body = Status)))]
 pub(super) async fn read(
     State(st): State<AppState>,
@@ -105,7 +105,7 @@ pub(super) async fn read(
 
 /// Create or replace a warm pool. Precondition: `metadata.resourceVersion` in the body or
 /// `If-Match`.
-#[utoipa::path(put, path = "/api/v1/warmpools/{name}", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), PoolWriteQuery),
+#[utoipa::path(put, path = "/api/v1/warmpools/{name}", operation_id = "replaceWarmPool", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), PoolWriteQuery),
     request_body(content = WarmPool, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced (or unchanged); header X-Apply-Result", body = WarmPool),
@@ -128,7 +128,7 @@ pub(super) async fn replace(
 
 /// Patch a warm pool: `application/merge-patch+json` (RFC 7386) or
 /// `application/json-patch+json` (RFC 6902, including `test`).
-#[utoipa::path(patch, path = "/api/v1/warmpools/{name}", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), PoolWriteQuery),
+#[utoipa::path(patch, path = "/api/v1/warmpools/{name}", operation_id = "patchWarmPool", tag = "warmpools", params(("name" = String, Path, description = "Pool name"), PoolWriteQuery),
     request_body(content = Object, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Patched", body = WarmPool),
@@ -151,7 +151,7 @@ pub(super) async fn patch(
 
 /// Delete a warm pool: its unclaimed sandboxes are removed; sandboxes sessions claimed stay
 /// theirs. Precondition: `If-Match`.
-#[utoipa::path(delete, path = "/api/v1/warmpools/{name}", tag = "warmpools", params(("name" = String, Path, description = "Pool name")),
+#[utoipa::path(delete, path = "/api/v1/warmpools/{name}", operation_id = "deleteWarmPool", tag = "warmpools", params(("name" = String, Path, description = "Pool name")),
     responses(
         (status = 200, description = "Deleted; the last state", body = WarmPool),
         (status = 404, description = "No such pool", body = Status),
@@ -165,7 +165,7 @@ pub(super) async fn remove(
 }
 
 /// The pool's recent events (e.g. a specs file's problems), oldest first.
-#[utoipa::path(get, path = "/api/v1/warmpools/{name}/events", tag = "warmpools", params(("name" = String, Path, description = "Pool name")),
+#[utoipa::path(get, path = "/api/v1/warmpools/{name}/events", operation_id = "warmPoolEvents", tag = "warmpools", params(("name" = String, Path, description = "Pool name")),
     responses((status = 200, description = "Events"), (status = 404, description = "No such pool", body = Status)))]
 pub(super) async fn events(
     State(st): State<AppState>,
