@@ -8,6 +8,7 @@ use futures::stream::{BoxStream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use crate::domain::admission::Admit;
 use crate::domain::resource::Session;
 use crate::ops::{Applied, OpsError, PatchRequest, PatchType};
 use crate::sse;
@@ -137,7 +138,12 @@ impl ApiClient {
 
     /// One session, or `None`.
     pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        self.optional(Method::GET, &format!("/api/v1/sessions/{name}"))
+        self.get_as(name).await
+    }
+
+    /// One object of kind `T`, or `None`.
+    pub async fn get_as<T: Admit>(&self, name: &str) -> Result<Option<T>, ClientError> {
+        self.optional(Method::GET, &format!("/api/v1/{}/{name}", T::PLURAL))
             .await
     }
 
@@ -153,9 +159,18 @@ impl ApiClient {
         &self,
         selector: Option<&str>,
     ) -> Result<(Vec<Session>, u64, Vec<crate::store::Unreadable>), ClientError> {
+        self.list_as(selector).await
+    }
+
+    /// Every object of kind `T` (matching `selector`, evaluated by the server), the list's
+    /// revision, and the stored objects the server set aside.
+    pub async fn list_as<T: Admit>(
+        &self,
+        selector: Option<&str>,
+    ) -> Result<(Vec<T>, u64, Vec<crate::store::Unreadable>), ClientError> {
         let path = match selector.filter(|s| !s.trim().is_empty()) {
-            Some(sel) => format!("/api/v1/sessions?{}", query(&[("labelSelector", sel)])),
-            None => "/api/v1/sessions".to_string(),
+            Some(sel) => format!("/api/v1/{}?{}", T::PLURAL, query(&[("labelSelector", sel)])),
+            None => format!("/api/v1/{}", T::PLURAL),
         };
         let r = self.send(Method::GET, &path, None, None).await?;
         let v: Value = Self::json(r).await?;
@@ -185,12 +200,21 @@ impl ApiClient {
         s: &Session,
         dry_run: bool,
     ) -> Result<(Applied, Session), ClientError> {
+        self.apply_as(s, dry_run).await
+    }
+
+    /// Create or replace an object of kind `T` (PUT), reporting what happened.
+    pub async fn apply_as<T: Admit>(
+        &self,
+        obj: &T,
+        dry_run: bool,
+    ) -> Result<(Applied, T), ClientError> {
         let q = if dry_run { "?dryRun=All" } else { "" };
-        let body = serde_json::to_string(s).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let body = serde_json::to_string(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let r = self
             .send(
                 Method::PUT,
-                &format!("/api/v1/sessions/{}{q}", s.name()),
+                &format!("/api/v1/{}/{}{q}", T::PLURAL, obj.meta().name),
                 Some("application/json"),
                 Some(body),
             )
@@ -207,8 +231,13 @@ impl ApiClient {
         Ok((what, Self::json(r).await?))
     }
 
-    /// Patch.
+    /// Patch a session.
     pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<Session, ClientError> {
+        self.patch_as(req).await
+    }
+
+    /// Patch an object of kind `T`.
+    pub async fn patch_as<T: Admit>(&self, req: &PatchRequest<'_>) -> Result<T, ClientError> {
         let ct = match req.kind {
             PatchType::Merge => "application/merge-patch+json",
             PatchType::Json => "application/json-patch+json",
@@ -217,7 +246,7 @@ impl ApiClient {
         let r = self
             .send(
                 Method::PATCH,
-                &format!("/api/v1/sessions/{}{q}", req.name),
+                &format!("/api/v1/{}/{}{q}", T::PLURAL, req.name),
                 Some(ct),
                 Some(req.doc.to_string()),
             )
@@ -225,18 +254,28 @@ impl ApiClient {
         Self::json(r).await
     }
 
-    /// Delete; `None` when it did not exist.
+    /// Delete a session; `None` when it did not exist.
     pub async fn delete(&self, name: &str) -> Result<Option<Session>, ClientError> {
-        self.optional(Method::DELETE, &format!("/api/v1/sessions/{name}"))
+        self.delete_as(name).await
+    }
+
+    /// Delete an object of kind `T`; `None` when it did not exist.
+    pub async fn delete_as<T: Admit>(&self, name: &str) -> Result<Option<T>, ClientError> {
+        self.optional(Method::DELETE, &format!("/api/v1/{}/{name}", T::PLURAL))
             .await
     }
 
     /// The session's events.
     pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
+        self.events_as::<Session>(name).await
+    }
+
+    /// The recent events of an object of kind `T`.
+    pub async fn events_as<T: Admit>(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
         let r = self
             .send(
                 Method::GET,
-                &format!("/api/v1/sessions/{name}/events"),
+                &format!("/api/v1/{}/{name}/events", T::PLURAL),
                 None,
                 None,
             )
@@ -312,10 +351,18 @@ impl ApiClient {
 
     /// Watch every session after `revision`, over SSE.
     pub async fn watch(&self, revision: u64) -> Result<HttpWatch, ClientError> {
+        self.watch_as(revision).await
+    }
+
+    /// Watch every object of kind `T` after `revision`, over SSE.
+    pub async fn watch_as<T: Admit>(&self, revision: u64) -> Result<HttpWatch<T>, ClientError> {
         let r = self
             .send(
                 Method::GET,
-                &format!("/api/v1/sessions?watch=true&resourceVersion={revision}"),
+                &format!(
+                    "/api/v1/{}?watch=true&resourceVersion={revision}",
+                    T::PLURAL
+                ),
                 None,
                 None,
             )
@@ -323,6 +370,7 @@ impl ApiClient {
         Ok(HttpWatch {
             events: sse::events(r.bytes_stream()),
             failed: None,
+            kind: std::marker::PhantomData,
         })
     }
 }
@@ -333,16 +381,17 @@ type Events = BoxStream<'static, Result<sse::Event, sse::SseError<reqwest::Error
 /// Most events one [`HttpWatch::next_batch`] returns.
 const MAX_WATCH_BATCH: usize = 1024;
 
-/// An SSE watch on the API.
-pub struct HttpWatch {
+/// An SSE watch on the API, of one kind (sessions by default).
+pub struct HttpWatch<T = Session> {
     events: Events,
     /// An error met after some events of a batch, returned by the next call.
     failed: Option<ClientError>,
+    kind: std::marker::PhantomData<fn() -> T>,
 }
 
-impl HttpWatch {
+impl<T: Admit> HttpWatch<T> {
     /// Wait up to `block` for events.
-    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent<T>>, ClientError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -382,7 +431,7 @@ impl HttpWatch {
 
 /// One SSE event of a watch → a [`WatchEvent`]; `None` for an event of another type; the
 /// server's Status for an `ERROR` event.
-fn watch_event(event: &sse::Event) -> Result<Option<WatchEvent>, ClientError> {
+fn watch_event<T: Admit>(event: &sse::Event) -> Result<Option<WatchEvent<T>>, ClientError> {
     let kind = match event.event.trim() {
         "ADDED" => EventType::Added,
         "MODIFIED" => EventType::Modified,
@@ -397,12 +446,12 @@ fn watch_event(event: &sse::Event) -> Result<Option<WatchEvent>, ClientError> {
         }
         _ => return Ok(None),
     };
-    let object: Session = serde_json::from_str(&event.data)
+    let object: T = serde_json::from_str(&event.data)
         .map_err(|e| ClientError::Protocol(format!("watch event: {e}")))?;
     Ok(Some(WatchEvent {
         revision: event.id.trim().parse().unwrap_or(0),
         kind,
-        name: object.metadata.name.clone(),
+        name: object.meta().name.clone(),
         status_only: false,
         object: Some(object),
         unreadable: None,
@@ -434,7 +483,7 @@ impl ChatStream {
     }
 }
 
-impl crate::ops::Changes for HttpWatch {
+impl crate::ops::Changes for HttpWatch<Session> {
     type Error = ClientError;
     async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
         HttpWatch::next_batch(self, block).await

@@ -1,20 +1,24 @@
 //! Desired-state operations shared by every front end (the CLI, the HTTP API and the specs
 //! directory): apply, patch, delete, and waiting for a condition. Each runs admission first and writes through the
 //! store's compare-and-swap, so there is one path for validation and the sandbox contract.
+//! Create, apply, patch and delete are generic over the written kinds ([`Admit`]: sessions
+//! and warm pools); restart and wait are about sessions.
 
 use serde_json::Value;
 
-use crate::domain::admission::{self, AdmissionError};
+use crate::domain::admission::{AdmissionError, Admit};
 use crate::domain::contract::Policy;
 use crate::domain::limits::{self, human_bytes};
 use crate::domain::parse::{self, Origin, ParseError};
-use crate::domain::resource::{RESTARTED_AT_ANNOTATION, SOURCE_ANNOTATION, Session};
+use crate::domain::resource::{
+    Object, ObjectRef, RESTARTED_AT_ANNOTATION, SOURCE_ANNOTATION, Session,
+};
 use crate::store::{Store, StoreError};
 
 /// Operation failures.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    /// The session does not pass admission.
+    /// The object does not pass admission.
     #[error(transparent)]
     Invalid(#[from] AdmissionError),
     /// The patched document does not fit the schema.
@@ -32,11 +36,11 @@ pub enum OpsError {
     /// The write would change an immutable field.
     #[error("{0}")]
     Immutable(String),
-    /// The session belongs to another source (a specs file vs the API/CLI).
-    #[error("session {name:?} is managed by {owner}; {writer} may not change it")]
+    /// The object belongs to another source (a specs file vs the API/CLI).
+    #[error("{name} is managed by {owner}; {writer} may not change it")]
     Owned {
-        /// Session name.
-        name: String,
+        /// The object.
+        name: ObjectRef,
         /// Who owns it (`file:<path>`, `api`, `cli`).
         owner: String,
         /// Who tried to write.
@@ -45,10 +49,10 @@ pub enum OpsError {
 }
 
 /// Ownership rule between sources: a specs file owns what it declared, and nobody else may
-/// change it; a file may not take over a session created through the API or CLI. API and
-/// CLI writes are both imperative and may change each other's sessions.
-pub fn check_owner(current: &Session, writer: &str) -> Result<(), OpsError> {
-    let owner = current.source().unwrap_or("cli");
+/// change it; a file may not take over an object created through the API or CLI. API and
+/// CLI writes are both imperative and may change each other's objects.
+pub fn check_owner<T: Object>(current: &T, writer: &str) -> Result<(), OpsError> {
+    let owner = current.meta().source().unwrap_or("cli");
     let conflict = if writer.starts_with("file:") || owner.starts_with("file:") {
         owner != writer
     } else {
@@ -56,7 +60,7 @@ pub fn check_owner(current: &Session, writer: &str) -> Result<(), OpsError> {
     };
     if conflict {
         Err(OpsError::Owned {
-            name: current.name().to_string(),
+            name: ObjectRef::of::<T>(current.meta().name.clone()),
             owner: owner.to_string(),
             writer: writer.to_string(),
         })
@@ -68,9 +72,9 @@ pub fn check_owner(current: &Session, writer: &str) -> Result<(), OpsError> {
 /// What an apply did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The session did not exist.
+    /// The object did not exist.
     Created,
-    /// The session existed and changed.
+    /// The object existed and changed.
     Configured,
     /// Nothing changed.
     Unchanged,
@@ -97,106 +101,132 @@ pub enum PatchType {
 
 /// The object as `apply` would store it on top of `current`: the user's metadata labels,
 /// annotations and spec; the store's bookkeeping and status.
-pub fn merged(current: Option<&Session>, desired: &Session, source: &str) -> Session {
+pub fn merged<T: Object>(current: Option<&T>, desired: &T, source: &str) -> T {
     let mut next = desired.clone();
-    next.status = None;
+    *next.status_mut() = None;
     match current {
         Some(cur) => {
-            next.metadata.uid = cur.metadata.uid.clone();
-            next.metadata.generation = cur.metadata.generation;
-            next.metadata.creation_timestamp = cur.metadata.creation_timestamp;
-            next.status = cur.status.clone();
-            if desired.metadata.resource_version.is_none() {
-                next.metadata.resource_version = cur.metadata.resource_version.clone();
+            let c = cur.meta();
+            let n = next.meta_mut();
+            n.uid = c.uid.clone();
+            n.generation = c.generation;
+            n.creation_timestamp = c.creation_timestamp;
+            if desired.meta().resource_version.is_none() {
+                n.resource_version = c.resource_version.clone();
             }
             // The restart marker stays unless the write sets one (as `kubectl apply` keeps
             // a rollout's restartedAt): re-applying a file does not undo a restart.
-            if let (Some(m), None) = (cur.restarted_at(), desired.restarted_at()) {
-                next.metadata
-                    .annotations
+            if let (Some(m), None) = (
+                c.annotations.get(RESTARTED_AT_ANNOTATION),
+                desired.meta().annotations.get(RESTARTED_AT_ANNOTATION),
+            ) {
+                n.annotations
                     .insert(RESTARTED_AT_ANNOTATION.to_string(), m.to_string());
             }
             // The source is bookkeeping: it cannot be changed by a write.
-            match cur.source() {
-                Some(src) => {
-                    next.metadata
-                        .annotations
-                        .insert(SOURCE_ANNOTATION.to_string(), src.to_string());
-                }
-                None => {
-                    next.metadata.annotations.remove(SOURCE_ANNOTATION);
-                }
-            }
+            keep_source(n, c.source());
+            *next.status_mut() = cur.clone().status_mut().take();
         }
         None => {
-            next.metadata.uid = None;
-            next.metadata.generation = None;
-            next.metadata.creation_timestamp = None;
-            next.metadata
-                .annotations
+            let n = next.meta_mut();
+            n.uid = None;
+            n.generation = None;
+            n.creation_timestamp = None;
+            n.annotations
                 .insert(SOURCE_ANNOTATION.to_string(), source.to_string());
         }
     }
     next
 }
 
-/// Create a session that must not exist yet (HTTP POST).
-pub async fn create(
-    store: &Store,
+/// Set the source annotation to the stored object's (`None`: it has none).
+fn keep_source(meta: &mut crate::domain::resource::ObjectMeta, source: Option<&str>) {
+    match source {
+        Some(src) => {
+            meta.annotations
+                .insert(SOURCE_ANNOTATION.to_string(), src.to_string());
+        }
+        None => {
+            meta.annotations.remove(SOURCE_ANNOTATION);
+        }
+    }
+}
+
+/// True when writing `next` over `current` would change nothing a front end controls
+/// (labels, annotations, what the object asks for).
+fn unchanged<T: Object>(current: &T, next: &T) -> bool {
+    current.meta().labels == next.meta().labels
+        && current.meta().annotations == next.meta().annotations
+        && !current.differs(next)
+}
+
+/// A stale-write failure after five lost races.
+fn too_fast<T: Object>(name: &str) -> OpsError {
+    OpsError::Store(StoreError::Conflict {
+        name: ObjectRef::of::<T>(name),
+        expected: "latest".into(),
+        current: "changing too fast".into(),
+    })
+}
+
+/// Create an object that must not exist yet (HTTP POST).
+pub async fn create<T: Admit>(
+    store: &Store<T>,
     policy: &Policy,
-    desired: &Session,
+    desired: &T,
     source: &str,
     dry_run: bool,
-) -> Result<Session, OpsError> {
-    admission::validate(desired, policy)?;
+) -> Result<T, OpsError> {
+    desired.validate(policy)?;
     let next = merged(None, desired, source);
     if dry_run {
-        if store.get(desired.name()).await?.is_some() {
-            return Err(StoreError::AlreadyExists(desired.name().to_string()).into());
+        let name = &desired.meta().name;
+        if store.get(name).await?.is_some() {
+            return Err(StoreError::AlreadyExists(ObjectRef::of::<T>(name.as_str())).into());
         }
         return Ok(next);
     }
     Ok(store.create(&next).await?)
 }
 
-/// Create or update one session (already parsed). With `dry_run`, only report what would
+/// Create or update one object (already parsed). With `dry_run`, only report what would
 /// happen. Retries a lost race when the caller gave no resourceVersion.
-pub async fn apply(
-    store: &Store,
+pub async fn apply<T: Admit>(
+    store: &Store<T>,
     policy: &Policy,
-    desired: &Session,
+    desired: &T,
     source: &str,
     dry_run: bool,
-) -> Result<(Applied, Session), OpsError> {
-    admission::validate(desired, policy)?;
+) -> Result<(Applied, T), OpsError> {
+    desired.validate(policy)?;
+    let name = desired.meta().name.as_str();
+    let precondition = desired.meta().resource_version.as_deref();
     for _ in 0..5 {
-        let current = store.get(desired.name()).await?;
+        let current = store.get(name).await?;
         if let Some(cur) = &current {
             check_owner(cur, source)?;
         }
         let next = merged(current.as_ref(), desired, source);
         let result = match &current {
             // A precondition names a version of an object that no longer exists.
-            None if desired.metadata.resource_version.is_some() => {
-                return Err(StoreError::NotFound(desired.name().to_string()).into());
+            None if precondition.is_some() => {
+                return Err(StoreError::NotFound(ObjectRef::of::<T>(name)).into());
             }
             None if dry_run => return Ok((Applied::Created, next)),
             None => store.create(&next).await.map(|s| (Applied::Created, s)),
             Some(cur) => {
                 // The precondition holds for every write, a no-op one included.
-                if let Some(want) = desired.metadata.resource_version.as_deref()
-                    && Some(want) != cur.metadata.resource_version.as_deref()
+                let stored = cur.meta().resource_version.as_deref();
+                if let Some(want) = precondition
+                    && Some(want) != stored
                 {
                     return Err(OpsError::Store(StoreError::Conflict {
-                        name: desired.name().to_string(),
+                        name: ObjectRef::of::<T>(name),
                         expected: want.to_string(),
-                        current: cur.metadata.resource_version.clone().unwrap_or_default(),
+                        current: stored.unwrap_or_default().to_string(),
                     }));
                 }
-                let unchanged = cur.metadata.labels == next.metadata.labels
-                    && cur.metadata.annotations == next.metadata.annotations
-                    && cur.spec == next.spec;
-                if unchanged {
+                if unchanged(cur, &next) {
                     return Ok((Applied::Unchanged, cur.clone()));
                 }
                 if dry_run {
@@ -210,23 +240,19 @@ pub async fn apply(
                 StoreError::Conflict { .. }
                 | StoreError::AlreadyExists(_)
                 | StoreError::NotFound(_),
-            ) if desired.metadata.resource_version.is_none() => {
+            ) if precondition.is_none() => {
                 continue;
             }
             other => return Ok(other?),
         }
     }
-    Err(OpsError::Store(StoreError::Conflict {
-        name: desired.name().to_string(),
-        expected: "latest".into(),
-        current: "changing too fast".into(),
-    }))
+    Err(too_fast::<T>(name))
 }
 
 /// A patch request.
 #[derive(Debug, Clone, Copy)]
 pub struct PatchRequest<'a> {
-    /// Session name.
+    /// Object name.
     pub name: &'a str,
     /// Patch flavour.
     pub kind: PatchType,
@@ -238,16 +264,17 @@ pub struct PatchRequest<'a> {
     pub dry_run: bool,
 }
 
-/// Apply a patch to the stored session (status excluded) and write the result. A
+/// Apply a patch to the stored object (status excluded) and write the result. A
 /// precondition, or a `metadata.resourceVersion` the patch sets, must match the stored
 /// version; without either, a lost race is retried against the fresh object.
-pub async fn patch(
-    store: &Store,
+pub async fn patch<T: Admit>(
+    store: &Store<T>,
     policy: &Policy,
     source: &str,
     req: &PatchRequest<'_>,
-) -> Result<(Applied, Session), OpsError> {
+) -> Result<(Applied, T), OpsError> {
     let name = req.name;
+    let what = ObjectRef::of::<T>(name);
     if limits::json_size(req.doc, limits::MAX_PATCH_BYTES).is_none() {
         return Err(OpsError::Patch(format!(
             "the patch is larger than {}",
@@ -282,31 +309,27 @@ pub async fn patch(
         let current = store
             .get(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        let current_rv = current
-            .metadata
-            .resource_version
-            .clone()
-            .unwrap_or_default();
+            .ok_or_else(|| StoreError::NotFound(what.clone()))?;
+        let current_rv = current.meta().resource_version.clone().unwrap_or_default();
         if let Some(want) = req.precondition
             && want != current_rv
         {
             return Err(OpsError::Store(StoreError::Conflict {
-                name: name.to_string(),
+                name: what.clone(),
                 expected: want.to_string(),
                 current: current_rv,
             }));
         }
         check_owner(&current, source)?;
         let mut doc = current.clone();
-        doc.status = None;
+        *doc.status_mut() = None;
         let mut value = serde_json::to_value(&doc).map_err(|e| OpsError::Patch(e.to_string()))?;
         match &ops {
-            Some(p) => apply_bounded(&mut value, &p.0)?,
+            Some(p) => apply_bounded(&mut value, &p.0, what.noun())?,
             None => {
                 json_patch::merge(&mut value, req.doc);
                 if limits::json_size(&value, limits::MAX_OBJECT_BYTES).is_none() {
-                    return Err(too_large(None));
+                    return Err(too_large(None, what.noun()));
                 }
             }
         }
@@ -318,30 +341,17 @@ pub async fn patch(
             document: 0,
             prefix: String::new(),
         };
-        let mut patched = parse::from_value(&origin, value)?;
-        match current.source() {
-            Some(src) => {
-                patched
-                    .metadata
-                    .annotations
-                    .insert(SOURCE_ANNOTATION.to_string(), src.to_string());
-            }
-            None => {
-                patched.metadata.annotations.remove(SOURCE_ANNOTATION);
-            }
-        }
-        if patched.metadata.name != name {
+        let mut patched: T = parse::from_value(&origin, value)?;
+        keep_source(patched.meta_mut(), current.meta().source());
+        if patched.meta().name != name {
             return Err(OpsError::Immutable(format!(
-                "metadata.name: cannot change the name of session {name:?}"
+                "metadata.name: cannot change the name of {what}"
             )));
         }
         let explicit_rv = req.precondition.is_some()
-            || patched.metadata.resource_version != current.metadata.resource_version;
-        admission::validate(&patched, policy)?;
-        let unchanged = current.metadata.labels == patched.metadata.labels
-            && current.metadata.annotations == patched.metadata.annotations
-            && current.spec == patched.spec;
-        if unchanged && !explicit_rv {
+            || patched.meta().resource_version != current.meta().resource_version;
+        patched.validate(policy)?;
+        if unchanged(&current, &patched) && !explicit_rv {
             return Ok((Applied::Unchanged, current));
         }
         if req.dry_run {
@@ -352,17 +362,13 @@ pub async fn patch(
             other => return Ok((Applied::Configured, other?)),
         }
     }
-    Err(OpsError::Store(StoreError::Conflict {
-        name: name.to_string(),
-        expected: "latest".into(),
-        current: "changing too fast".into(),
-    }))
+    Err(too_fast::<T>(name))
 }
 
-fn too_large(op: Option<usize>) -> OpsError {
+fn too_large(op: Option<usize>, noun: &str) -> OpsError {
     let when = op.map_or(String::new(), |i| format!("after operation {i}, "));
     OpsError::Patch(format!(
-        "{when}the patched session is larger than {}",
+        "{when}the patched {noun} is larger than {}",
         human_bytes(limits::MAX_OBJECT_BYTES)
     ))
 }
@@ -389,11 +395,15 @@ fn growth(doc: &Value, op: &json_patch::PatchOperation) -> Option<usize> {
 /// serialized size, and measure it again whenever the bound passes
 /// [`limits::MAX_OBJECT_BYTES`]: a patch that keeps copying a map into itself stops at the
 /// first operation that makes the document too large, long before memory is at risk.
-fn apply_bounded(value: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), OpsError> {
+fn apply_bounded(
+    value: &mut Value,
+    ops: &[json_patch::PatchOperation],
+    noun: &str,
+) -> Result<(), OpsError> {
     let limit = limits::MAX_OBJECT_BYTES;
-    let mut bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(None))?;
+    let mut bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(None, noun))?;
     for (i, op) in ops.iter().enumerate() {
-        let grow = growth(value, op).ok_or_else(|| too_large(Some(i)))?;
+        let grow = growth(value, op).ok_or_else(|| too_large(Some(i), noun))?;
         json_patch::patch(value, std::slice::from_ref(op)).map_err(|e| match e.kind {
             json_patch::PatchErrorKind::TestFailed => {
                 OpsError::TestFailed(limits::escape(&format!(
@@ -405,32 +415,32 @@ fn apply_bounded(value: &mut Value, ops: &[json_patch::PatchOperation]) -> Resul
         })?;
         bound = bound.saturating_add(grow);
         if bound > limit {
-            bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(Some(i)))?;
+            bound = limits::json_size(&*value, limit).ok_or_else(|| too_large(Some(i), noun))?;
         }
     }
     Ok(())
 }
 
-/// Delete a session on behalf of `source`, honouring ownership and, when given, the
+/// Delete an object on behalf of `source`, honouring ownership and, when given, the
 /// resourceVersion precondition.
-pub async fn delete(
-    store: &Store,
+pub async fn delete<T: Admit>(
+    store: &Store<T>,
     name: &str,
     resource_version: Option<&str>,
     source: &str,
-) -> Result<Session, OpsError> {
+) -> Result<T, OpsError> {
     // Without a precondition, a write that lands between our read and our delete (the
     // controller's status write, say) is not the caller's concern: read again and retry.
     for _ in 0..5 {
         let current = match store.get(name).await {
             Ok(Some(c)) => c,
-            Ok(None) => return Err(StoreError::NotFound(name.to_string()).into()),
+            Ok(None) => return Err(StoreError::NotFound(ObjectRef::of::<T>(name)).into()),
             // An object this build cannot read (newer schema, corrupt) can still be deleted:
             // that is how an operator clears it.
             Err(StoreError::Corrupt { .. }) => {
                 store.delete_unreadable(name, resource_version).await?;
-                let mut gone = Session::new(name, "");
-                gone.metadata.resource_version = resource_version.map(str::to_string);
+                let mut gone = T::stub(name);
+                gone.meta_mut().resource_version = resource_version.map(str::to_string);
                 return Ok(gone);
             }
             Err(e) => return Err(e.into()),
@@ -438,17 +448,13 @@ pub async fn delete(
         check_owner(&current, source)?;
         let rv = resource_version
             .map(str::to_string)
-            .or_else(|| current.metadata.resource_version.clone());
+            .or_else(|| current.meta().resource_version.clone());
         match store.delete(name, rv.as_deref()).await {
             Err(StoreError::Conflict { .. }) if resource_version.is_none() => continue,
             other => return Ok(other?),
         }
     }
-    Err(OpsError::Store(StoreError::Conflict {
-        name: name.to_string(),
-        expected: "latest".into(),
-        current: "changing too fast".into(),
-    }))
+    Err(too_fast::<T>(name))
 }
 
 /// A rollout restart (`restart NAME`, `POST .../restart`): set the session's restart marker
@@ -458,7 +464,7 @@ pub async fn delete(
 pub async fn restart(store: &Store, name: &str, writer: &str) -> Result<Session, OpsError> {
     for _ in 0..5 {
         let Some(mut s) = store.get(name).await? else {
-            return Err(StoreError::NotFound(name.to_string()).into());
+            return Err(StoreError::NotFound(ObjectRef::session(name)).into());
         };
         let now = chrono::Utc::now();
         let fresh = !s.metadata.annotations.contains_key(RESTARTED_AT_ANNOTATION);
@@ -493,11 +499,7 @@ pub async fn restart(store: &Store, name: &str, writer: &str) -> Result<Session,
             }
         }
     }
-    Err(OpsError::Store(StoreError::Conflict {
-        name: name.to_string(),
-        expected: "latest".into(),
-        current: "changing too fast".into(),
-    }))
+    Err(too_fast::<Session>(name))
 }
 
 #[cfg(test)]
@@ -536,7 +538,9 @@ mod tests {
             })
             .collect();
         let start = std::time::Instant::now();
-        let err = apply_bounded(&mut value, &ops).unwrap_err().to_string();
+        let err = apply_bounded(&mut value, &ops, "session")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("larger than 256 KiB"), "{err}");
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
         assert!(limits::json_size(&value, 2 * limits::MAX_OBJECT_BYTES).is_some());
@@ -561,12 +565,14 @@ mod tests {
             )
             .unwrap(),
         );
-        apply_bounded(&mut value, &ops).unwrap();
+        apply_bounded(&mut value, &ops, "session").unwrap();
         let bad: Vec<json_patch::PatchOperation> = vec![
             serde_json::from_value(serde_json::json!({"op": "remove", "path": "/metadata/x"}))
                 .unwrap(),
         ];
-        let e = apply_bounded(&mut value, &bad).unwrap_err().to_string();
+        let e = apply_bounded(&mut value, &bad, "session")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("patch: operation 0:"), "{e}");
     }
 

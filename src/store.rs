@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::plan::CrashState;
 pub use crate::domain::pool::Claim;
-use crate::domain::resource::{Object, Session};
+use crate::domain::resource::{Object, ObjectRef, Session};
 use crate::redis_conn::{Conn, ConnError, PrimaryChanges, RedisTarget};
 
 /// Most change entries kept in a kind's stream.
@@ -83,29 +83,29 @@ pub enum StoreError {
         /// How long the write waited.
         timeout: Duration,
     },
-    /// No session has this name.
-    #[error("session {0:?} not found")]
-    NotFound(String),
-    /// A session with this name exists already.
-    #[error("session {0:?} already exists")]
-    AlreadyExists(String),
+    /// No object of this kind has this name.
+    #[error("{0} not found")]
+    NotFound(ObjectRef),
+    /// An object of this kind with this name exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectRef),
     /// The caller's resourceVersion is stale.
     #[error(
-        "conflict: session {name:?} was modified (resourceVersion is now {current}, the write expected {expected})"
+        "conflict: {name} was modified (resourceVersion is now {current}, the write expected {expected})"
     )]
     Conflict {
-        /// Session name.
-        name: String,
+        /// The object.
+        name: ObjectRef,
         /// The caller's precondition.
         expected: String,
         /// The stored version.
         current: String,
     },
-    /// A stored value is not a valid Session.
-    #[error("stored session {name:?} is unreadable: {source}")]
+    /// A stored value is not a valid object of its kind.
+    #[error("stored {name} is unreadable: {source}")]
     Corrupt {
-        /// Session name.
-        name: String,
+        /// The object.
+        name: ObjectRef,
         /// The decoding error.
         #[source]
         source: serde_json::Error,
@@ -609,7 +609,7 @@ impl<T: Object> Store<T> {
 
     fn decode(name: &str, json: &str, rv: &str) -> Result<T, StoreError> {
         let corrupt = |source| StoreError::Corrupt {
-            name: name.to_string(),
+            name: ObjectRef::of::<T>(name),
             source,
         };
         let mut value: serde_json::Value = serde_json::from_str(json).map_err(corrupt)?;
@@ -982,10 +982,10 @@ impl<T: Object> Store<T> {
                 term: self.fence.unwrap_or(0),
                 newest: value,
             }),
-            "exists" => Err(StoreError::AlreadyExists(name.to_string())),
-            "notfound" => Err(StoreError::NotFound(name.to_string())),
+            "exists" => Err(StoreError::AlreadyExists(ObjectRef::of::<T>(name))),
+            "notfound" => Err(StoreError::NotFound(ObjectRef::of::<T>(name))),
             _ => Err(StoreError::Conflict {
-                name: name.to_string(),
+                name: ObjectRef::of::<T>(name),
                 expected: mode_arg.to_string(),
                 current: value,
             }),
@@ -1017,11 +1017,11 @@ impl<T: Object> Store<T> {
         let current = self
             .get(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+            .ok_or_else(|| StoreError::NotFound(ObjectRef::of::<T>(name)))?;
         let current_rv = current.meta().resource_version.clone().unwrap_or_default();
         match expected {
             Some(want) if want != current_rv => Err(StoreError::Conflict {
-                name: name.to_string(),
+                name: ObjectRef::of::<T>(name),
                 expected: want.to_string(),
                 current: current_rv,
             }),
@@ -1094,7 +1094,7 @@ impl<T: Object> Store<T> {
         let current = self
             .get(name)
             .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+            .ok_or_else(|| StoreError::NotFound(ObjectRef::of::<T>(name)))?;
         let mode = match resource_version {
             Some(rv) => Mode::Expect(rv),
             None => Mode::Any,

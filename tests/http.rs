@@ -344,6 +344,371 @@ async fn crud_patches_and_errors() {
     err_body(c.get(format!("{api}/web")).send().await.unwrap(), 404).await;
 }
 
+fn pool(name: &str, image: &str, replicas: u32) -> Value {
+    json!({
+        "apiVersion": "orchestrator.mcp.dev/v1",
+        "kind": "WarmPool",
+        "metadata": {"name": name, "labels": {"team": "a"}},
+        "spec": {"replicas": replicas, "template": {"image": image}}
+    })
+}
+
+/// `/api/v1/warmpools`: the same CRUD, patches, selectors, watch, status codes and Status
+/// bodies as sessions; the real controller fills the pool, and deleting it removes its
+/// sandboxes.
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_pool_crud_errors_and_real_sandboxes() {
+    let mut env = Env::new();
+    env.start_orchestrator(&[]);
+    let c = Client::new();
+    let api = format!("{}/api/v1/warmpools", env.api());
+
+    // Create; a second create of the name conflicts.
+    let r = c
+        .post(&api)
+        .json(&pool("wp", &env.image, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(r.headers().contains_key("etag"));
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["kind"], "WarmPool");
+    assert_eq!(
+        created["metadata"]["annotations"]["orchestrator.mcp.dev/source"],
+        "api"
+    );
+    assert_eq!(created["metadata"]["generation"], 1);
+    let rv1 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v = err_body(
+        c.post(&api)
+            .json(&pool("wp", &env.image, 2))
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(v["reason"], "AlreadyExists");
+    assert_eq!(v["details"]["kind"], "WarmPool");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("warm pool \"wp\" already exists"),
+        "{v}"
+    );
+    // A session of the same name is another object.
+    let r = c
+        .post(format!("{}/api/v1/sessions", env.api()))
+        .json(&session("wp", &env.image))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // The controller fills it with real, contract-bound sandboxes.
+    let mut got = Value::Null;
+    let start = std::time::Instant::now();
+    while start.elapsed() < T {
+        got = c
+            .get(format!("{api}/wp"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if got["status"]["ready"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got["status"]["ready"], 2, "{got}");
+    assert_eq!(got["status"]["replicas"], 2, "{got}");
+    let members = env.pool_containers("wp");
+    assert_eq!(members.len(), 2, "{members:?}");
+    for id in &members {
+        let net = env.docker(&["inspect", "--format", "{{.HostConfig.NetworkMode}}", id]);
+        assert_eq!(net, "none");
+    }
+
+    // List (WarmPoolList), selectors, a bad selector.
+    let list: Value = c.get(&api).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["kind"], "WarmPoolList");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let none: Value = c
+        .get(format!("{api}?labelSelector=team%3Db"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none["items"].as_array().unwrap().is_empty());
+    err_body(
+        c.get(format!("{api}?labelSelector=a%20in%20b"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+
+    // A watch sees the current pool, then a change.
+    let mut sse = Sse::open(&c, &format!("{api}?watch=true")).await;
+    let (ev, _, obj) = sse.next().await;
+    assert_eq!(
+        (ev.as_str(), &obj["metadata"]["name"]),
+        ("ADDED", &json!("wp"))
+    );
+
+    // PUT replaces (generation moves with the spec); the header says what happened.
+    let mut body = pool("wp", &env.image, 1);
+    body["spec"]["template"]["env"] = json!({"MODE": "x"});
+    let r = c.put(format!("{api}/wp")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-apply-result"], "configured");
+    let put: Value = r.json().await.unwrap();
+    assert_eq!(put["metadata"]["generation"], 2);
+    let mut skip = None;
+    loop {
+        let (ev, _, obj) = sse.next_for("wp", &mut skip).await;
+        if ev == "MODIFIED" && obj["spec"]["replicas"] == 1 {
+            break;
+        }
+    }
+
+    // Stale preconditions conflict, in the body and in If-Match, and change nothing.
+    let mut stale = body.clone();
+    stale["metadata"]["resourceVersion"] = json!(rv1);
+    stale["spec"]["replicas"] = json!(3);
+    let v = err_body(
+        c.put(format!("{api}/wp"))
+            .json(&stale)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(v["reason"], "Conflict");
+    assert_eq!(v["details"]["kind"], "WarmPool");
+    assert!(v["details"]["resourceVersion"].is_string(), "{v}");
+    let v = err_body(
+        c.patch(format!("{api}/wp"))
+            .header("content-type", "application/merge-patch+json")
+            .header("if-match", format!("\"{rv1}\""))
+            .body(r#"{"spec":{"replicas":3}}"#)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(v["reason"], "Conflict");
+    err_body(
+        c.delete(format!("{api}/wp"))
+            .header("if-match", format!("\"{rv1}\""))
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    let now: Value = c
+        .get(format!("{api}/wp"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        now["spec"]["replicas"], 1,
+        "the stale writes changed nothing"
+    );
+
+    // Patches: merge and JSON (a failed test is a conflict); the result is admitted.
+    let r = c
+        .patch(format!("{api}/wp"))
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"spec":{"replicas":2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(patched["spec"]["replicas"], 2);
+    let v = err_body(
+        c.patch(format!("{api}/wp"))
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"test","path":"/spec/replicas","value":7}]"#)
+            .send()
+            .await
+            .unwrap(),
+        409,
+    )
+    .await;
+    assert_eq!(v["reason"], "TestFailed");
+    let v = err_body(
+        c.patch(format!("{api}/wp"))
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"replace","path":"/spec/replicas","value":1001}]"#)
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.replicas");
+    assert_eq!(v["details"]["causes"][0]["reason"], "OutOfRange");
+    err_body(
+        c.patch(format!("{api}/wp"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+
+    // Refused bodies: replicas over the limit, a template outside the contract, the wrong
+    // kind (a Session, or no known kind), a name that is not the URL's.
+    let v = err_body(
+        c.post(&api)
+            .json(&pool("big", &env.image, 1001))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["reason"], "Invalid");
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.replicas");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than the limit of 1000"),
+        "{v}"
+    );
+    let v = err_body(
+        c.post(&api)
+            .json(&pool("alp", "alpine:3", 1))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.template.image");
+    assert_eq!(v["details"]["causes"][0]["reason"], "ImageNotAllowed");
+    let v = err_body(
+        c.post(&api)
+            .json(&session("sess", &env.image))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "kind");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be \"WarmPool\""),
+        "{v}"
+    );
+    let v = err_body(
+        c.post(format!("{}/api/v1/sessions", env.api()))
+            .json(&pool("p2", &env.image, 1))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "kind");
+    let mut pod = pool("pod", &env.image, 1);
+    pod["kind"] = json!("Pod");
+    let v = err_body(c.post(&api).json(&pod).send().await.unwrap(), 422).await;
+    assert_eq!(v["details"]["causes"][0]["field"], "kind");
+    let v = err_body(
+        c.put(format!("{api}/other"))
+            .json(&pool("wp", &env.image, 1))
+            .send()
+            .await
+            .unwrap(),
+        422,
+    )
+    .await;
+    assert_eq!(v["details"]["causes"][0]["field"], "metadata.name");
+    err_body(
+        c.post(&api)
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        415,
+    )
+    .await;
+    let v = err_body(c.get(format!("{api}/nope")).send().await.unwrap(), 404).await;
+    assert_eq!(v["reason"], "NotFound");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("warm pool \"nope\" not found"),
+        "{v}"
+    );
+    for name in ["big", "alp", "sess", "p2", "pod", "other"] {
+        assert_eq!(
+            c.get(format!("{api}/{name}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "{name}: nothing written"
+        );
+    }
+
+    // Events of a pool (none yet), and delete: the sandboxes go with it.
+    let ev: Value = c
+        .get(format!("{api}/wp/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(ev["items"].is_array(), "{ev}");
+    let r = c.delete(format!("{api}/wp")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let last: Value = r.json().await.unwrap();
+    assert_eq!(last["kind"], "WarmPool");
+    wait_until(T, "the pool's sandboxes to be removed", || {
+        env.pool_containers("wp").is_empty()
+    });
+    err_body(c.delete(format!("{api}/wp")).send().await.unwrap(), 404).await;
+    assert_eq!(
+        c.get(format!("{}/api/v1/sessions/wp", env.api()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the session of the same name is untouched"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_conflicting_patches_lose_nothing() {
     let mut env = Env::new();
@@ -629,6 +994,10 @@ async fn auth_operations_endpoints_and_listen_rules() {
     assert!(v["openapi"].as_str().unwrap().starts_with("3."));
     assert!(v["components"]["schemas"]["Session"].is_object());
     assert!(v["paths"]["/api/v1/sessions/{name}"]["patch"].is_object());
+    assert!(v["paths"]["/api/v1/warmpools/{name}"]["patch"].is_object());
+    assert!(v["paths"]["/api/v1/warmpools"]["post"].is_object());
+    assert!(v["components"]["schemas"]["WarmPoolList"].is_object());
+    assert!(v["components"]["schemas"]["SandboxTemplate"].is_object());
     let path = env.dir.path().join("openapi.json");
     std::fs::write(&path, &doc).unwrap();
     let out = std::process::Command::new("python3")

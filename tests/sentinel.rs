@@ -418,10 +418,14 @@ fn a_killed_primary_under_the_orchestrator() {
 
 fn session(name: &str) -> mcp_orchestrator::domain::resource::Session {
     let yaml = session_yaml(name, "mcp-server:latest", "");
-    mcp_orchestrator::domain::parse::parse_str("test", &yaml)
+    match mcp_orchestrator::domain::parse::parse_str("test", &yaml)
         .expect("a session")
         .remove(0)
-        .session
+        .resource
+    {
+        mcp_orchestrator::domain::parse::Resource::Session(s) => *s,
+        other => panic!("not a session: {other:?}"),
+    }
 }
 
 #[tokio::test]

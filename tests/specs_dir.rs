@@ -539,3 +539,109 @@ async fn a_file_never_takes_over_a_cli_session_nor_the_reverse() {
     });
     eventually("the problems to clear", || problems(&env), |p| p.is_empty()).await;
 }
+
+/// Is the warm pool `name` stored, and does `f` hold for it? (One `redis-cli`, like
+/// [`present`].)
+fn pool_present(env: &Env, name: &str, f: impl Fn(&Value) -> bool) -> bool {
+    let json = env.redis_cli(&["HGET", &format!("mcpo:{}:pool-objects", env.instance), name]);
+    serde_json::from_str::<Value>(&json).is_ok_and(|p| f(&p))
+}
+
+#[tokio::test]
+async fn a_pool_file_appears_fills_changes_and_disappears_with_its_sandboxes() {
+    let mut env = Env::new();
+    let specs = Specs::new();
+    env.start_orchestrator(&["--specs-dir", specs.flag()]);
+    let image = env.image.clone();
+
+    // One file: a session naming the pool, then the pool (applied first all the same).
+    let text = |replicas: u32| {
+        format!(
+            "{}---\n{}",
+            session_yaml("pool-user", &image, "  pool: spool\n"),
+            pool_yaml("spool", &image, replicas)
+        )
+    };
+    let t0 = specs.write("pool.yaml", &text(2));
+    reflected("the pool and its session", t0, || {
+        pool_present(&env, "spool", |_| true) && present(&env, "pool-user", |_| true)
+    });
+    let source = specs.source("pool.yaml");
+    assert!(pool_present(&env, "spool", |p| {
+        p["metadata"]["annotations"]["orchestrator.mcp.dev/source"] == source.as_str()
+    }));
+    env.wait_status("pool-user", T, |st| st["phase"] == "Running");
+    wait_until(T, "the file's pool to fill", || {
+        pool_present(&env, "spool", |p| p["status"]["ready"] == 2)
+    });
+    eventually(
+        "the SpecFileApplied event on the pool",
+        || async { env.store().await.pools().events("spool").await.unwrap() },
+        |ev| ev.iter().any(|e| e.reason == "SpecFileApplied"),
+    )
+    .await;
+
+    // The file changes: the pool follows.
+    let t0 = specs.write("pool.yaml", &text(1));
+    reflected("the pool's new size", t0, || {
+        pool_present(&env, "spool", |p| p["spec"]["replicas"] == 1)
+    });
+
+    // The CLI may not change what the file owns.
+    let out = env.cli(
+        &["patch", "wp/spool", "-p", r#"{"spec":{"replicas":3}}"#],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warm pool \"spool\" is managed by file:"),
+        "{err}"
+    );
+
+    // An invalid version (replicas over the limit) is reported and changes nothing.
+    let t0 = specs.write("pool.yaml", &text(1001));
+    let file = specs.path("pool.yaml").display().to_string();
+    wait_log(
+        &env,
+        "the invalid pool file in the log",
+        t0,
+        &[
+            "invalid specs file",
+            &format!("{file}: document 1: spec.replicas"),
+        ],
+    );
+    assert!(pool_present(&env, "spool", |p| p["spec"]["replicas"] == 1));
+    eventually(
+        "the pool file's problem",
+        || problems(&env),
+        |p| {
+            p.get(&source)
+                .is_some_and(|(r, m)| r == "InvalidSpecFile" && m.contains("spec.replicas"))
+        },
+    )
+    .await;
+    eventually(
+        "the InvalidSpecFile event on the pool",
+        || async { env.store().await.pools().events("spool").await.unwrap() },
+        |ev| {
+            ev.iter()
+                .any(|e| e.reason == "InvalidSpecFile" && e.message.contains("warm pool"))
+        },
+    )
+    .await;
+
+    // Fixed, then the file goes: the pool and the session go with it, and so do all
+    // their sandboxes.
+    specs.write("pool.yaml", &text(1));
+    eventually("the problem to clear", || problems(&env), |p| p.is_empty()).await;
+    let t0 = Instant::now();
+    std::fs::remove_file(specs.path("pool.yaml")).unwrap();
+    reflected("the pool and the session deleted", t0, || {
+        !pool_present(&env, "spool", |_| true) && gone(&env, "pool-user")
+    });
+    wait_until(T, "every sandbox of the file to be removed", || {
+        env.instance_containers().is_empty()
+    });
+    assert!(env.pool_containers("spool").is_empty());
+}

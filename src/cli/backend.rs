@@ -9,6 +9,7 @@ use futures::stream::BoxStream;
 use tokio::sync::OnceCell;
 
 use crate::client::{ApiClient, ClientError, HttpWatch};
+use crate::domain::admission::Admit;
 use crate::domain::contract::{Policy, PublishedPolicy};
 use crate::domain::resource::Session;
 use crate::domain::selector::Selector;
@@ -62,17 +63,17 @@ enum Kind {
     Http(ApiClient),
 }
 
-/// A watch on either backend.
-pub enum AnyWatch {
+/// A watch on either backend, of one kind (sessions by default).
+pub enum AnyWatch<T = Session> {
     /// The Redis stream.
-    Store(Watch),
+    Store(Watch<T>),
     /// The API's SSE.
-    Http(HttpWatch),
+    Http(HttpWatch<T>),
 }
 
-impl AnyWatch {
+impl<T: Admit> AnyWatch<T> {
     /// Wait up to `block` for events.
-    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
+    pub async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent<T>>, ClientError> {
         match self {
             AnyWatch::Store(w) => Ok(w.next_batch(block).await?),
             AnyWatch::Http(w) => w.next_batch(block).await,
@@ -80,7 +81,7 @@ impl AnyWatch {
     }
 }
 
-impl ops::Changes for AnyWatch {
+impl ops::Changes for AnyWatch<Session> {
     type Error = ClientError;
     async fn next_batch(&mut self, block: Duration) -> Result<Vec<WatchEvent>, ClientError> {
         AnyWatch::next_batch(self, block).await
@@ -150,9 +151,14 @@ impl Backend {
 
     /// One session, or `None`.
     pub async fn get(&self, name: &str) -> Result<Option<Session>, ClientError> {
+        self.get_as(name).await
+    }
+
+    /// One object of kind `T`, or `None`.
+    pub async fn get_as<T: Admit>(&self, name: &str) -> Result<Option<T>, ClientError> {
         match &self.kind {
-            Kind::Store { store, .. } => Ok(store.get(name).await?),
-            Kind::Http(c) => c.get(name).await,
+            Kind::Store { store, .. } => Ok(store.of::<T>().get(name).await?),
+            Kind::Http(c) => c.get_as(name).await,
         }
     }
 
@@ -163,19 +169,26 @@ impl Backend {
         &self,
         selector: &str,
     ) -> Result<(Vec<Session>, u64, Vec<Unreadable>), ClientError> {
+        self.list_as(selector).await
+    }
+
+    /// [`Backend::list`] for objects of kind `T`.
+    pub async fn list_as<T: Admit>(
+        &self,
+        selector: &str,
+    ) -> Result<(Vec<T>, u64, Vec<Unreadable>), ClientError> {
         let parsed = Selector::parse(selector)?;
         match &self.kind {
             Kind::Store { store, .. } => {
-                let selector = parsed;
-                let snap = store.list().await?;
-                let sessions = snap
+                let snap = store.of::<T>().list().await?;
+                let items = snap
                     .items
                     .into_iter()
-                    .filter(|s| selector.matches(&s.metadata.labels))
+                    .filter(|s| parsed.matches(&s.meta().labels))
                     .collect();
-                Ok((sessions, snap.revision, snap.unreadable))
+                Ok((items, snap.revision, snap.unreadable))
             }
-            Kind::Http(c) => c.list_full(Some(selector)).await,
+            Kind::Http(c) => c.list_as(Some(selector)).await,
         }
     }
 
@@ -185,28 +198,39 @@ impl Backend {
         s: &Session,
         dry_run: bool,
     ) -> Result<(Applied, Session), ClientError> {
+        self.apply_as(s, dry_run).await
+    }
+
+    /// Create or update an object of kind `T`, as the CLI.
+    pub async fn apply_as<T: Admit>(
+        &self,
+        obj: &T,
+        dry_run: bool,
+    ) -> Result<(Applied, T), ClientError> {
         match &self.kind {
             Kind::Store { store, .. } => {
                 let policy = &self.policy().await?.policy;
-                Ok(ops::apply(store, policy, s, WRITER, dry_run).await?)
+                Ok(ops::apply(&store.of::<T>(), policy, obj, WRITER, dry_run).await?)
             }
-            Kind::Http(c) => c.apply(s, dry_run).await,
+            Kind::Http(c) => c.apply_as(obj, dry_run).await,
         }
     }
 
-    /// Patch, as the CLI.
-    pub async fn patch(&self, req: &PatchRequest<'_>) -> Result<(Applied, Session), ClientError> {
+    /// Patch an object of kind `T`, as the CLI.
+    pub async fn patch_as<T: Admit>(
+        &self,
+        req: &PatchRequest<'_>,
+    ) -> Result<(Applied, T), ClientError> {
         match &self.kind {
             Kind::Store { store, .. } => {
                 let policy = &self.policy().await?.policy;
-                Ok(ops::patch(store, policy, WRITER, req).await?)
+                Ok(ops::patch(&store.of::<T>(), policy, WRITER, req).await?)
             }
             Kind::Http(c) => {
-                let before = c.get(req.name).await?;
-                let after = c.patch(req).await?;
-                let same = before.is_some_and(|b| {
-                    b.metadata.resource_version == after.metadata.resource_version
-                });
+                let before = c.get_as::<T>(req.name).await?;
+                let after = c.patch_as::<T>(req).await?;
+                let same = before
+                    .is_some_and(|b| b.meta().resource_version == after.meta().resource_version);
                 let what = if same {
                     Applied::Unchanged
                 } else {
@@ -229,32 +253,48 @@ impl Backend {
         }
     }
 
-    /// Delete, as the CLI; `None` when it did not exist. With `dry_run`, nothing is deleted
-    /// and the current object is returned.
+    /// Delete a session, as the CLI; `None` when it did not exist. With `dry_run`, nothing
+    /// is deleted and the current object is returned.
     pub async fn delete(&self, name: &str, dry_run: bool) -> Result<Option<Session>, ClientError> {
+        self.delete_as(name, dry_run).await
+    }
+
+    /// [`Backend::delete`] for an object of kind `T`.
+    pub async fn delete_as<T: Admit>(
+        &self,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<Option<T>, ClientError> {
         if dry_run {
             // Say what a real delete would say, the owner check included.
-            let current = self.get(name).await?;
+            let current = self.get_as::<T>(name).await?;
             if let Some(s) = &current {
                 ops::check_owner(s, WRITER)?;
             }
             return Ok(current);
         }
         match &self.kind {
-            Kind::Store { store, .. } => match ops::delete(store, name, None, WRITER).await {
-                Ok(s) => Ok(Some(s)),
-                Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
-                Err(e) => Err(e.into()),
-            },
-            Kind::Http(c) => c.delete(name).await,
+            Kind::Store { store, .. } => {
+                match ops::delete(&store.of::<T>(), name, None, WRITER).await {
+                    Ok(s) => Ok(Some(s)),
+                    Err(OpsError::Store(StoreError::NotFound(_))) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Kind::Http(c) => c.delete_as(name).await,
         }
     }
 
     /// The session's recent events.
     pub async fn events(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
+        self.events_as::<Session>(name).await
+    }
+
+    /// The recent events of an object of kind `T`.
+    pub async fn events_as<T: Admit>(&self, name: &str) -> Result<Vec<SessionEvent>, ClientError> {
         match &self.kind {
-            Kind::Store { store, .. } => Ok(store.events(name).await?),
-            Kind::Http(c) => c.events(name).await,
+            Kind::Store { store, .. } => Ok(store.of::<T>().events(name).await?),
+            Kind::Http(c) => c.events_as::<T>(name).await,
         }
     }
 
@@ -299,9 +339,16 @@ impl Backend {
 
     /// Watch every session after `revision`.
     pub async fn watch(&self, revision: u64) -> Result<AnyWatch, ClientError> {
+        self.watch_as(revision).await
+    }
+
+    /// Watch every object of kind `T` after `revision` (of that kind's change stream).
+    pub async fn watch_as<T: Admit>(&self, revision: u64) -> Result<AnyWatch<T>, ClientError> {
         match &self.kind {
-            Kind::Store { store, .. } => Ok(AnyWatch::Store(store.watch(revision).await?)),
-            Kind::Http(c) => Ok(AnyWatch::Http(c.watch(revision).await?)),
+            Kind::Store { store, .. } => {
+                Ok(AnyWatch::Store(store.of::<T>().watch(revision).await?))
+            }
+            Kind::Http(c) => Ok(AnyWatch::Http(c.watch_as(revision).await?)),
         }
     }
 }

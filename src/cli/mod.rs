@@ -9,6 +9,7 @@ pub mod admin;
 pub mod backend;
 pub mod chat;
 pub mod output;
+pub mod targets;
 pub mod verbs;
 
 use std::path::PathBuf;
@@ -224,18 +225,22 @@ fn instance_name(s: &str) -> Result<String, String> {
 enum Command {
     /// Run the reconciler until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
-    /// Create or update sessions from files, directories or stdin (`-`).
+    /// Create or update sessions and warm pools from files, directories or stdin (`-`).
     Apply(ApplyArgs),
-    /// List sessions (all, by label selector), or show the named ones.
+    /// List sessions or warm pools (all, by label selector), or show the named ones.
     Get(GetArgs),
-    /// Show a session's spec, status, container and recent events.
+    /// Show a session's spec, status, container and recent events (or a warm pool's spec,
+    /// status and events).
     Describe {
-        /// Session name.
-        name: String,
+        /// Session names, `session/NAME`, `warmpool/NAME` (`wp/NAME`), or `wp` followed by
+        /// pool names (`wp` alone: every pool).
+        #[arg(required = true)]
+        names: Vec<String>,
     },
-    /// Delete sessions by name, by file, by label selector or all of them.
+    /// Delete sessions or warm pools by name, by file, by label selector or all of them.
     Delete(DeleteArgs),
-    /// Patch a session with an RFC 7386 merge patch or an RFC 6902 JSON patch.
+    /// Patch a session (or a warm pool: `warmpool/NAME`) with an RFC 7386 merge patch or an
+    /// RFC 6902 JSON patch.
     Patch(PatchArgs),
     /// Show what `apply` would change, as a unified diff, and which containers it recreates.
     Diff {
@@ -244,7 +249,8 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Wait until sessions reach a phase (`--for=phase=Running`) or are gone
-    /// (`--for=delete`).
+    /// (`--for=delete`). Sessions only: warm pools have no phase (follow one with
+    /// `get warmpool/NAME -w`).
     Wait(WaitArgs),
     /// Recreate sessions' sandboxes on purpose (a rollout restart), recorded as an event (`RestartRequested`).
     Restart {
@@ -256,8 +262,12 @@ enum Command {
     Logs(LogsArgs),
     /// Show the contract policy the CLI admits files with, and whose it is.
     Policy,
-    /// Print the Session JSON Schema.
-    Schema,
+    /// Print the JSON Schema of a kind (Session by default).
+    Schema {
+        /// The kind: Session or WarmPool.
+        #[arg(long, value_enum, ignore_case = true, default_value = "Session")]
+        kind: SchemaKind,
+    },
     /// Print a shell completion script (`source <(mcp-orchestrator completion bash)`).
     Completion {
         /// The shell.
@@ -321,23 +331,35 @@ pub struct ChaosArgs {
     json: bool,
 }
 
+/// The kinds `schema` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// A Session document.
+    #[value(name = "Session")]
+    Session,
+    /// A WarmPool document.
+    #[value(name = "WarmPool")]
+    WarmPool,
+}
+
 /// `apply` options.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// Files, directories (their *.yaml, *.yml, *.json) or `-` for stdin. Repeatable.
+    /// Files, directories (their *.yaml, *.yml, *.json) or `-` for stdin. Repeatable. Files
+    /// may mix sessions and warm pools; pools are applied first.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// Validate and report, write nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Wait until every applied session is Running.
+    /// Wait until every applied session is Running (pools are not waited for).
     #[arg(long)]
     wait: bool,
     /// How long --wait waits.
     #[arg(long, default_value = "60s", value_parser = flag_duration)]
     timeout: Duration,
-    /// Delete the sessions that match `--selector` and that the files no longer declare
-    /// (kubectl's prune; sessions of the specs directory are never pruned).
+    /// Delete the sessions and warm pools that match `--selector` and that the files no
+    /// longer declare (kubectl's prune; objects of the specs directory are never pruned).
     #[arg(long, requires = "selector")]
     prune: bool,
     /// The label selector `--prune` works within (e.g. `team=research`).
@@ -348,9 +370,11 @@ pub struct ApplyArgs {
 /// `get` options.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Session names; all sessions (matching `-l`) when omitted.
+    /// Session names, `session/NAME`, `warmpool/NAME` (`wp/NAME`), or `warmpools` (`wp`)
+    /// followed by pool names; all sessions (matching `-l`) when omitted, all pools with
+    /// `warmpools` alone.
     names: Vec<String>,
-    /// Only sessions whose labels match, e.g. `team=research,tier!=free`.
+    /// Only objects whose labels match, e.g. `team=research,tier!=free`.
     #[arg(short = 'l', long, default_value = "")]
     selector: String,
     /// Output format.
@@ -364,18 +388,19 @@ pub struct GetArgs {
 /// `delete` options.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    /// Session names.
+    /// Session names, `session/NAME`, `warmpool/NAME` (`wp/NAME`), or `warmpools` (`wp`)
+    /// followed by pool names (alone, with `-l` or `--all`: pools instead of sessions).
     names: Vec<String>,
-    /// Delete the sessions these files declare.
+    /// Delete the sessions and warm pools these files declare.
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
-    /// Delete the sessions whose labels match.
+    /// Delete the sessions (or, after `warmpools`, the pools) whose labels match.
     #[arg(short = 'l', long)]
     selector: Option<String>,
-    /// Delete every session.
-    #[arg(long, conflicts_with_all = ["names", "files", "selector"])]
+    /// Delete every session (or, after `warmpools`, every pool).
+    #[arg(long, conflicts_with_all = ["files", "selector"])]
     all: bool,
-    /// Do not fail on sessions that do not exist.
+    /// Do not fail on objects that do not exist.
     #[arg(long)]
     ignore_not_found: bool,
     /// Say what would be deleted, delete nothing.
@@ -392,8 +417,9 @@ enum PatchKind {
 /// `patch` options.
 #[derive(Debug, Args)]
 pub struct PatchArgs {
-    /// Session name.
-    name: String,
+    /// Session name, `session/NAME`, `warmpool/NAME` (`wp/NAME`), or `wp NAME`.
+    #[arg(required = true, num_args = 1..=2)]
+    target: Vec<String>,
     /// Patch type.
     #[arg(long = "type", value_enum, default_value = "merge")]
     kind: PatchKind,
@@ -408,7 +434,7 @@ pub struct PatchArgs {
 /// `wait` options.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Session names.
+    /// Session names (or `session/NAME`); warm pools cannot be waited for.
     names: Vec<String>,
     /// Also every session whose labels match (resolved when the wait starts).
     #[arg(short = 'l', long)]
@@ -494,7 +520,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => Ok(crate::server::run(&g.redis_target()?, &g.instance, *a).await?),
         Command::Apply(a) => verbs::apply(g, a).await,
         Command::Get(a) => verbs::get(g, a).await,
-        Command::Describe { name } => verbs::describe(g, &name).await,
+        Command::Describe { names } => verbs::describe(g, &names).await,
         Command::Delete(a) => verbs::delete(g, a).await,
         Command::Patch(a) => verbs::patch(g, a).await,
         Command::Diff { files } => verbs::diff(g, &files).await,
@@ -513,11 +539,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "mcp-orchestrator", &mut std::io::stdout());
             Ok(())
         }
-        Command::Schema => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::domain::resource::json_schema())?
-            );
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Session => crate::domain::resource::json_schema(),
+                SchemaKind::WarmPool => crate::domain::pool::json_schema(),
+            };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
     }

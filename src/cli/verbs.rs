@@ -1,7 +1,8 @@
 //! The desired-state verbs: `apply`, `get`, `describe`, `delete`, `patch`, `diff`, `wait`,
 //! `restart`, `logs` and `policy`. Each reads and writes through [`Backend`], so Redis mode
 //! and `--server` mode behave the same; validation, waiting and readiness are the shared
-//! ones of [`crate::domain`] and [`crate::ops`].
+//! ones of [`crate::domain`] and [`crate::ops`]. Sessions and warm pools go through the same
+//! generic steps ([`Show`]); names are typed kubectl-style ([`super::targets`]).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,13 +14,19 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{Backend, PolicyInUse};
-use super::output;
+use super::output::{self, Output, Show};
+use super::targets::{sessions_only, targets};
 use super::{ApplyArgs, DeleteArgs, GetArgs, Global, LogsArgs, PatchArgs, PatchKind, WaitArgs};
-use crate::domain::parse;
-use crate::domain::resource::{Phase, Session};
+use crate::domain::parse::{self, Resource};
+use crate::domain::pool::WarmPool;
+use crate::domain::resource::{ObjectRef, Phase, Session};
 use crate::domain::wait::{Condition, Progress, Waiter};
 use crate::ops::{self, Applied, PatchType, WaitEnd};
 use crate::runtime::LogQuery;
+
+/// Why `wait` refuses a pool.
+const NO_POOL_WAIT: &str = "wait is for sessions only: a warm pool has no phase (follow one \
+                            with `get warmpool/NAME -w`)";
 
 /// Parse and admit every document first; refuse everything when anything is wrong. Errors
 /// name the file, the document and the field, and the policy used.
@@ -27,7 +34,7 @@ fn load_valid(files: &[PathBuf], policy: &PolicyInUse) -> anyhow::Result<Vec<par
     let docs = crate::files::load_paths(files)?;
     if docs.is_empty() {
         bail!(
-            "no Session documents found in {}",
+            "no Session or WarmPool documents found in {}",
             files
                 .iter()
                 .map(|f| f.display().to_string())
@@ -40,47 +47,48 @@ fn load_valid(files: &[PathBuf], policy: &PolicyInUse) -> anyhow::Result<Vec<par
     Ok(docs)
 }
 
-/// `apply`: admit every document, then create or update each; `--prune` deletes what the
-/// selector matches and the files no longer declare; `--wait` waits for Running.
+/// The documents' warm pools first (a session of the same files may name one), then the
+/// sessions, each in file order.
+fn pools_first(docs: &[parse::Document]) -> Vec<&parse::Document> {
+    let (mut out, sessions): (Vec<_>, Vec<_>) = docs
+        .iter()
+        .partition(|d| matches!(d.resource, Resource::WarmPool(_)));
+    out.extend(sessions);
+    out
+}
+
+/// `apply`: admit every document, then create or update each (warm pools first);
+/// `--prune` deletes what the selector matches and the files no longer declare; `--wait`
+/// waits for the sessions to run.
 pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
     let backend = g.backend().await?;
     let policy = backend.policy().await?;
     let docs = load_valid(&a.files, policy)?;
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     let mut applied = Vec::new();
-    for d in &docs {
-        let (what, s) = backend
-            .apply(&d.session, a.dry_run)
-            .await
-            .with_context(|| d.origin.at(""))?;
-        println!("session/{} {what}{suffix}", s.name());
-        applied.push(s);
+    for d in pools_first(&docs) {
+        let at = || d.origin.at("");
+        match &d.resource {
+            Resource::Session(s) => {
+                let (what, s) = backend.apply_as(&**s, a.dry_run).await.with_context(at)?;
+                println!("session/{} {what}{suffix}", s.name());
+                applied.push(s);
+            }
+            Resource::WarmPool(p) => {
+                let (what, p) = backend.apply_as(&**p, a.dry_run).await.with_context(at)?;
+                println!("warmpool/{} {what}{suffix}", p.name());
+            }
+        }
     }
     if a.prune {
-        if a.selector.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        let selector = a.selector.as_deref().unwrap_or_default();
+        if selector.trim().is_empty() {
             bail!("--prune needs a non-empty -l SELECTOR");
         }
-        let declared: BTreeSet<&str> = docs.iter().map(|d| d.session.name()).collect();
-        let selector = a.selector.as_deref().unwrap_or_default();
-        let (matching, _, _) = backend.list(selector).await?;
-        for s in matching {
-            if declared.contains(s.name()) {
-                continue;
-            }
-            if s.source().is_some_and(|src| src.starts_with("file:")) {
-                eprintln!(
-                    "session/{} not pruned: it belongs to the specs directory ({})",
-                    s.name(),
-                    s.source().unwrap_or_default()
-                );
-                continue;
-            }
-            if backend.delete(s.name(), a.dry_run).await?.is_some() {
-                println!("session/{} pruned{suffix}", s.name());
-            }
-        }
+        prune::<Session>(&backend, &docs, selector, a.dry_run).await?;
+        prune::<WarmPool>(&backend, &docs, selector, a.dry_run).await?;
     }
-    if a.wait && !a.dry_run {
+    if a.wait && !a.dry_run && !applied.is_empty() {
         let names = applied.iter().map(|s| s.name().to_string());
         let waiter = Waiter::new(Condition::Phase(Phase::Running), names);
         let deadline = tokio::time::Instant::now() + a.timeout;
@@ -96,6 +104,40 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
             Progress::Unreachable(..) => {}
         })
         .await?;
+    }
+    Ok(())
+}
+
+/// `apply --prune` for one kind: delete what matches `selector` and the documents do not
+/// declare (never what belongs to the specs directory).
+async fn prune<T: Show>(
+    backend: &Backend,
+    docs: &[parse::Document],
+    selector: &str,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    let declared: BTreeSet<&str> = docs
+        .iter()
+        .filter(|d| d.resource.kind() == T::KIND)
+        .map(|d| d.resource.name())
+        .collect();
+    let (matching, _, _) = backend.list_as::<T>(selector).await?;
+    for obj in matching {
+        let (name, source) = (obj.meta().name.as_str(), obj.meta().source());
+        if declared.contains(name) {
+            continue;
+        }
+        if let Some(src) = source.filter(|src| src.starts_with("file:")) {
+            eprintln!(
+                "{}/{name} not pruned: it belongs to the specs directory ({src})",
+                T::TYPE
+            );
+            continue;
+        }
+        if backend.delete_as::<T>(name, dry_run).await?.is_some() {
+            println!("{}/{name} pruned{suffix}", T::TYPE);
+        }
     }
     Ok(())
 }
@@ -182,12 +224,12 @@ async fn wait_for(
     }
 }
 
-/// `session "a" not found; session "b" not found` (the message of a missing session, as
-/// before there were several).
-fn not_found<S: AsRef<str>>(names: &[S]) -> String {
+/// `session "a" not found; session "b" not found` (the message of a missing object, as
+/// before there were several), for objects of kind `T`.
+fn not_found<T: Show, S: AsRef<str>>(names: &[S]) -> String {
     names
         .iter()
-        .map(|n| format!("session {:?} not found", n.as_ref()))
+        .map(|n| format!("{} not found", ObjectRef::of::<T>(n.as_ref())))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -202,8 +244,9 @@ fn waiter_text(w: &Waiter) -> String {
 pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
     // The timeout covers everything, the first reads included.
     let deadline = tokio::time::Instant::now() + a.timeout;
+    let named = sessions_only(&a.names, NO_POOL_WAIT)?;
     let backend = g.backend().await?;
-    let mut names: BTreeSet<String> = a.names.iter().cloned().collect();
+    let mut names: BTreeSet<String> = named.into_iter().collect();
     if let Some(sel) = &a.selector {
         let (matching, _, _) = backend.list(sel).await?;
         names.extend(matching.into_iter().map(|s| s.metadata.name));
@@ -225,7 +268,7 @@ pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            bail!("{}", not_found(&missing));
+            bail!("{}", not_found::<Session, _>(&missing));
         }
     }
     let waiter = Waiter::new(a.condition, names);
@@ -237,23 +280,56 @@ pub async fn wait(g: &Global, a: WaitArgs) -> anyhow::Result<()> {
     .await
 }
 
-/// `get`: the named sessions (one read each), or the list matching `-l`; `-w` follows.
+/// `get`: the named sessions and pools (one read each), or the list of one kind matching
+/// `-l`; `-w` follows (one kind at a time).
 pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
+    let t = targets(&a.names)?;
+    let (sessions, pools) = (t.wants_sessions(), t.wants_pools());
+    if a.watch && sessions && pools {
+        bail!("get -w follows one kind at a time: name sessions or warm pools, not both");
+    }
     let backend = g.backend().await?;
     let instance = server_instance(g, &backend).await;
-    let single = a.names.len() == 1;
+    let mut missing = Vec::new();
+    if sessions {
+        missing.extend(get_kind::<Session>(&backend, &t.sessions, &a, &instance).await?);
+    }
+    if pools {
+        if sessions && matches!(a.output, Output::Table | Output::Wide) {
+            println!();
+        }
+        missing.extend(get_kind::<WarmPool>(&backend, &t.pools, &a, &instance).await?);
+    }
+    if !missing.is_empty() {
+        bail!("{}", missing.join("; "));
+    }
+    Ok(())
+}
+
+/// `get` for one kind: `names` (one read each), or every object matching `-l` when there
+/// are none; prints them, then follows changes with `-w`. Returns what was not found
+/// (printed after what was found, as kubectl does).
+async fn get_kind<T: Show>(
+    backend: &Backend,
+    names: &[String],
+    a: &GetArgs,
+    instance: &str,
+) -> anyhow::Result<Vec<String>> {
+    let single = names.len() == 1;
     // A named watch follows from the revision read before the gets, so no change made
     // between a get and the watch's start is missed.
-    let before = if a.watch && !a.names.is_empty() {
-        backend.list("").await?.1
+    let before = if a.watch && !names.is_empty() {
+        backend.list_as::<T>("").await?.1
     } else {
         0
     };
-    let (sessions, revision) = if a.names.is_empty() {
-        let (all, revision, unreadable) = backend.list(&a.selector).await?;
+    let selector = crate::domain::selector::Selector::parse(&a.selector)?;
+    let (items, revision) = if names.is_empty() {
+        let (all, revision, unreadable) = backend.list_as::<T>(&a.selector).await?;
         for u in &unreadable {
             eprintln!(
-                "warning: stored session {:?} is unreadable and set aside: {}",
+                "warning: stored {} {:?} is unreadable and set aside: {}",
+                ObjectRef::of::<T>("").noun(),
                 u.name,
                 u.reason.escape_debug()
             );
@@ -262,49 +338,44 @@ pub async fn get(g: &Global, a: GetArgs) -> anyhow::Result<()> {
     } else {
         let mut found = Vec::new();
         let mut missing = Vec::new();
-        let selector = crate::domain::selector::Selector::parse(&a.selector)?;
-        for n in &a.names {
-            match backend.get(n).await? {
-                Some(s) if selector.matches(&s.metadata.labels) => found.push(s),
+        for n in names {
+            match backend.get_as::<T>(n).await? {
+                Some(s) if selector.matches(&s.meta().labels) => found.push(s),
                 Some(_) => {}
                 None => missing.push(n.as_str()),
             }
         }
         if !missing.is_empty() && !a.watch {
             // kubectl prints what it found, then fails for the rest.
-            print!("{}", output::sessions(a.output, &found, single, &instance));
-            bail!("{}", not_found(&missing));
+            print!("{}", output::objects(a.output, &found, single, instance));
+            return Ok(vec![not_found::<T, _>(&missing)]);
         }
         (found, before)
     };
-    if !(a.watch && sessions.is_empty()) {
-        print!(
-            "{}",
-            output::sessions(a.output, &sessions, single, &instance)
-        );
-    } else if let Some(h) = output::header(a.output) {
+    if !(a.watch && items.is_empty()) {
+        print!("{}", output::objects(a.output, &items, single, instance));
+    } else if let Some(h) = T::header(a.output) {
         println!("{h}");
     }
     if !a.watch {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let selector = crate::domain::selector::Selector::parse(&a.selector)?;
-    let mut watch = backend.watch(revision).await?;
+    let mut watch = backend.watch_as::<T>(revision).await?;
     loop {
         let batch = tokio::select! {
-            _ = crate::server::wait_for_signal() => return Ok(()),
+            _ = crate::server::wait_for_signal() => return Ok(Vec::new()),
             b = watch.next_batch(Duration::from_secs(10)) => b?,
         };
         let mut out = std::io::stdout().lock();
         for ev in batch {
-            if !a.names.is_empty() && !a.names.contains(&ev.name) {
+            if !names.is_empty() && !names.contains(&ev.name) {
                 continue;
             }
             let Some(obj) = ev.object else { continue };
-            if !selector.matches(&obj.metadata.labels) {
+            if !selector.matches(&obj.meta().labels) {
                 continue;
             }
-            let text = output::watch_event(a.output, ev.kind, &ev.name, &obj, &instance);
+            let text = output::watch_event(a.output, ev.kind, &ev.name, &obj, instance);
             write!(out, "{text}")?;
         }
         out.flush()?;
@@ -322,69 +393,136 @@ async fn server_instance(g: &Global, backend: &Backend) -> String {
     g.instance.clone()
 }
 
-/// `describe`: one session in full, with its container and events.
-pub async fn describe(g: &Global, name: &str) -> anyhow::Result<()> {
+/// `describe`: sessions in full, with their container and events; warm pools with their
+/// status and events (`wp` alone: every pool).
+pub async fn describe(g: &Global, names: &[String]) -> anyhow::Result<()> {
+    let t = targets(names)?;
     let backend = g.backend().await?;
-    let s = backend
-        .get(name)
-        .await?
-        .ok_or_else(|| anyhow!("session {name:?} not found"))?;
-    let container = match s.status.as_ref().and_then(|st| st.container_id.clone()) {
-        None => Ok(None),
-        Some(id) => backend.container(name, &id).await,
+    let mut first = true;
+    let mut sep = || {
+        if !std::mem::take(&mut first) {
+            println!();
+        }
     };
-    let events = backend.events(name).await?;
-    print!("{}", output::describe(&s, container, &events));
+    for name in &t.sessions {
+        let s = backend
+            .get(name)
+            .await?
+            .ok_or_else(|| anyhow!("{}", not_found::<Session, _>(&[name])))?;
+        let container = match s.status.as_ref().and_then(|st| st.container_id.clone()) {
+            None => Ok(None),
+            Some(id) => backend.container(name, &id).await,
+        };
+        let events = backend.events(name).await?;
+        sep();
+        print!("{}", output::describe(&s, container, &events));
+    }
+    let pools: Vec<WarmPool> = if t.all_pools {
+        backend.list_as::<WarmPool>("").await?.0
+    } else {
+        let mut found = Vec::new();
+        for name in &t.pools {
+            found.push(
+                backend
+                    .get_as::<WarmPool>(name)
+                    .await?
+                    .ok_or_else(|| anyhow!("{}", not_found::<WarmPool, _>(&[name])))?,
+            );
+        }
+        found
+    };
+    for p in &pools {
+        let events = backend.events_as::<WarmPool>(p.name()).await?;
+        sep();
+        print!("{}", output::describe_pool(p, &events));
+    }
     Ok(())
 }
 
-/// `delete`: by name, by file, by selector, or `--all`.
+/// `delete`: by name, by file, by selector, or `--all` (sessions, or pools after
+/// `warmpools`); sessions before pools.
 pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
-    let mut names = a.names.clone();
+    let mut t = targets(&a.names)?;
+    if a.all && (!t.sessions.is_empty() || !t.pools.is_empty()) {
+        bail!("--all takes no names (only a type: `delete warmpools --all`)");
+    }
     if !a.files.is_empty() {
-        names.extend(
-            crate::files::load_paths(&a.files)?
-                .into_iter()
-                .map(|d| d.session.metadata.name),
-        );
+        for d in crate::files::load_paths(&a.files)? {
+            match d.resource {
+                Resource::Session(s) => t.sessions.push(s.metadata.name),
+                Resource::WarmPool(p) => t.pools.push(p.metadata.name),
+            }
+        }
     }
     let backend = g.backend().await?;
     let by_query = a.all || a.selector.is_some();
     if by_query {
-        let (matching, _, _) = backend.list(a.selector.as_deref().unwrap_or("")).await?;
-        names.extend(matching.into_iter().map(|s| s.metadata.name));
+        let sel = a.selector.as_deref().unwrap_or("");
+        if t.all_pools {
+            let (matching, _, _) = backend.list_as::<WarmPool>(sel).await?;
+            t.pools
+                .extend(matching.into_iter().map(|p| p.metadata.name));
+        } else {
+            let (matching, _, _) = backend.list(sel).await?;
+            t.sessions
+                .extend(matching.into_iter().map(|s| s.metadata.name));
+        }
+    } else if t.all_pools {
+        bail!("nothing to delete: give pool names (`delete wp NAME`), -l SELECTOR or --all");
     }
-    if names.is_empty() {
+    if t.sessions.is_empty() && t.pools.is_empty() {
         if by_query {
-            eprintln!("no sessions to delete");
+            eprintln!(
+                "no {} to delete",
+                if t.all_pools {
+                    "warm pools"
+                } else {
+                    "sessions"
+                }
+            );
             return Ok(());
         }
-        bail!("nothing to delete: give session names, -f FILE, -l SELECTOR or --all");
+        bail!(
+            "nothing to delete: give session names (or warmpool/NAME), -f FILE, -l SELECTOR \
+             or --all"
+        );
     }
-    let suffix = if a.dry_run { " (dry run)" } else { "" };
-    let mut missing = Vec::new();
     let mut failed = Vec::new();
-    let mut seen = BTreeSet::new();
-    // Like kubectl: go on after a failure, report every one at the end.
-    for n in names.iter().filter(|n| seen.insert(n.as_str())) {
-        match backend.delete(n, a.dry_run).await {
-            Ok(Some(_)) => println!("session/{n} deleted{suffix}"),
-            // A session listed a moment ago and gone now was deleted by someone else.
-            Ok(None) if a.ignore_not_found || by_query => {}
-            Ok(None) => missing.push(n.clone()),
-            Err(e) => failed.push(format!("{n}: {e}")),
-        }
-    }
-    if !missing.is_empty() {
-        failed.push(not_found(&missing));
-    }
+    delete_kind::<Session>(&backend, &t.sessions, &a, by_query, &mut failed).await;
+    delete_kind::<WarmPool>(&backend, &t.pools, &a, by_query, &mut failed).await;
     if !failed.is_empty() {
         bail!("{}", failed.join("; "));
     }
     Ok(())
 }
 
-/// `patch`: a merge or JSON patch, admitted like any write.
+/// Delete `names` of kind `T`, going on after a failure (like kubectl) and collecting every
+/// failure, the missing names last.
+async fn delete_kind<T: Show>(
+    backend: &Backend,
+    names: &[String],
+    a: &DeleteArgs,
+    by_query: bool,
+    failed: &mut Vec<String>,
+) {
+    let suffix = if a.dry_run { " (dry run)" } else { "" };
+    let mut missing = Vec::new();
+    let mut seen = BTreeSet::new();
+    for n in names.iter().filter(|n| seen.insert(n.as_str())) {
+        match backend.delete_as::<T>(n, a.dry_run).await {
+            Ok(Some(_)) => println!("{}/{n} deleted{suffix}", T::TYPE),
+            // An object listed a moment ago and gone now was deleted by someone else.
+            Ok(None) if a.ignore_not_found || by_query => {}
+            Ok(None) => missing.push(n.clone()),
+            Err(e) => failed.push(format!("{n}: {e}")),
+        }
+    }
+    if !missing.is_empty() {
+        failed.push(not_found::<T, _>(&missing));
+    }
+}
+
+/// `patch`: a merge or JSON patch of a session or a warm pool, admitted like any write.
 pub async fn patch(g: &Global, a: PatchArgs) -> anyhow::Result<()> {
     let doc: serde_json::Value =
         serde_json::from_str(&a.patch).map_err(|e| anyhow!("--patch is not valid JSON: {e}"))?;
@@ -392,47 +530,79 @@ pub async fn patch(g: &Global, a: PatchArgs) -> anyhow::Result<()> {
         PatchKind::Merge => PatchType::Merge,
         PatchKind::Json => PatchType::Json,
     };
+    let t = targets(&a.target)?;
     let backend = g.backend().await?;
+    match (t.sessions.as_slice(), t.pools.as_slice()) {
+        ([name], []) => patch_kind::<Session>(&backend, name, kind, &doc, a.dry_run).await,
+        ([], [name]) => patch_kind::<WarmPool>(&backend, name, kind, &doc, a.dry_run).await,
+        _ => bail!(
+            "patch takes one object: NAME, session/NAME, warmpool/NAME or `wp NAME`, got {}",
+            a.target.join(" ")
+        ),
+    }
+}
+
+async fn patch_kind<T: Show>(
+    backend: &Backend,
+    name: &str,
+    kind: PatchType,
+    doc: &serde_json::Value,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let req = ops::PatchRequest {
-        name: &a.name,
+        name,
         kind,
-        doc: &doc,
+        doc,
         precondition: None,
-        dry_run: a.dry_run,
+        dry_run,
     };
-    let (what, s) = backend.patch(&req).await?;
+    let (what, obj) = backend.patch_as::<T>(&req).await?;
     let what = match what {
-        Applied::Unchanged => "patched (no change)".to_string(),
-        _ if a.dry_run => "patched (dry run)".to_string(),
-        _ => "patched".to_string(),
+        Applied::Unchanged => "patched (no change)",
+        _ if dry_run => "patched (dry run)",
+        _ => "patched",
     };
-    println!("session/{} {what}", s.name());
+    println!("{}/{} {what}", T::TYPE, obj.meta().name);
     Ok(())
 }
 
 /// `restart`: a rollout restart of each named session.
 pub async fn restart(g: &Global, names: &[String]) -> anyhow::Result<()> {
+    let names = sessions_only(
+        names,
+        "restart is for sessions only: a warm pool replaces its sandboxes when its template \
+         changes",
+    )?;
     let backend = g.backend().await?;
     let mut missing = Vec::new();
-    for n in names {
+    for n in &names {
         match backend.restart(n).await? {
             Some(_) => println!("session/{n} restarted"),
             None => missing.push(n.as_str()),
         }
     }
     if !missing.is_empty() {
-        bail!("{}", not_found(&missing));
+        bail!("{}", not_found::<Session, _>(&missing));
     }
     Ok(())
 }
 
 /// `logs`: the sandbox's stderr, copied to our stdout as it arrives.
 pub async fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<()> {
+    let name = match sessions_only(
+        std::slice::from_ref(&a.name),
+        "logs is for sessions only: name a session",
+    )?
+    .pop()
+    {
+        Some(n) => n,
+        None => bail!("logs is for sessions only: name a session"),
+    };
     let backend = g.backend().await?;
     let s = backend
-        .get(&a.name)
+        .get(&name)
         .await?
-        .ok_or_else(|| anyhow!("session {:?} not found", a.name))?;
+        .ok_or_else(|| anyhow!("{}", not_found::<Session, _>(&[&name])))?;
     let since = match a.since {
         None => None,
         Some(d) => Some(
@@ -446,7 +616,7 @@ pub async fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<()> {
         since,
     };
     let Some(mut stream) = backend.logs(&s, &q).await? else {
-        bail!("session {:?} has no sandbox yet", a.name);
+        bail!("session {name:?} has no sandbox yet");
     };
     let mut out = std::io::stdout();
     loop {
@@ -474,59 +644,101 @@ pub async fn policy(g: &Global) -> anyhow::Result<()> {
 }
 
 /// The YAML `diff` compares: what the user controls, without store bookkeeping.
-fn diff_view(s: &Session) -> String {
-    let mut v = s.clone();
-    v.status = None;
-    v.metadata.resource_version = None;
-    v.metadata.uid = None;
-    v.metadata.generation = None;
-    v.metadata.creation_timestamp = None;
+fn diff_view<T: Show>(obj: &T) -> String {
+    let mut v = obj.clone();
+    *v.status_mut() = None;
+    let m = v.meta_mut();
+    m.resource_version = None;
+    m.uid = None;
+    m.generation = None;
+    m.creation_timestamp = None;
     serde_yaml::to_string(&v).unwrap_or_default()
 }
 
-/// `diff`: what `apply` would change, and which sandboxes it recreates.
+/// `diff`: what `apply` would change (pools first, as `apply` writes them), and which
+/// sandboxes it creates, recreates or keeps.
 pub async fn diff(g: &Global, files: &[PathBuf]) -> anyhow::Result<()> {
     let backend = g.backend().await?;
     let policy = backend.policy().await?;
     let docs = load_valid(files, policy)?;
     let mut out = String::new();
-    for d in &docs {
-        let current = backend.get(d.session.name()).await?;
-        let next = ops::merged(current.as_ref(), &d.session, super::backend::WRITER);
-        let old = current.as_ref().map(diff_view).unwrap_or_default();
-        let new = diff_view(&next);
-        let name = d.session.name();
-        if old == new {
-            continue;
-        }
-        let text = similar::TextDiff::from_lines(&old, &new);
-        let old_label = if current.is_some() {
-            format!("a/session/{name}")
-        } else {
-            "/dev/null".into()
-        };
-        out.push_str(
-            &text
-                .unified_diff()
-                .context_radius(3)
-                .header(&old_label, &format!("b/session/{name}"))
-                .to_string(),
-        );
-        let note = match &current {
-            None => "will create a container".to_string(),
-            Some(cur) => {
+    for d in pools_first(&docs) {
+        match &d.resource {
+            Resource::Session(s) => {
                 let hash =
                     |s: &Session| policy.policy.session_sandbox(s).map(|s| s.spec_hash()).ok();
-                if hash(cur) == hash(&next) {
-                    "container kept (no change to the sandbox)".to_string()
-                } else {
-                    "will recreate its container".to_string()
-                }
+                diff_one(&backend, &**s, &mut out, |cur, next| match cur {
+                    None => "will create a container".to_string(),
+                    Some(cur) if hash(cur) == hash(next) => {
+                        "container kept (no change to the sandbox)".to_string()
+                    }
+                    Some(_) => "will recreate its container".to_string(),
+                })
+                .await?;
             }
-        };
-        out.push_str(&format!("# session/{name}: {note}\n"));
+            Resource::WarmPool(p) => {
+                let hash = |p: &WarmPool| {
+                    policy
+                        .policy
+                        .sandbox(&p.spec.template.as_spec())
+                        .map(|s| s.spec_hash())
+                        .ok()
+                };
+                diff_one(&backend, &**p, &mut out, |cur, next| {
+                    let want = next.spec.replicas;
+                    match cur {
+                        None => format!("will start {want} warm sandboxes"),
+                        Some(cur) if hash(cur) == hash(next) => format!(
+                            "warm sandboxes kept (no change to the template); replicas {} → {want}",
+                            cur.spec.replicas
+                        ),
+                        Some(_) => {
+                            format!("will replace its warm sandboxes ({want} of the new template)")
+                        }
+                    }
+                })
+                .await?;
+            }
+        }
     }
     print!("{out}");
+    Ok(())
+}
+
+/// The unified diff of one object against what is stored, and `note`'s word on its
+/// sandboxes (given the stored object, if any, and the one `apply` would store).
+async fn diff_one<T: Show>(
+    backend: &Backend,
+    desired: &T,
+    out: &mut String,
+    note: impl Fn(Option<&T>, &T) -> String,
+) -> anyhow::Result<()> {
+    let name = desired.meta().name.as_str();
+    let current = backend.get_as::<T>(name).await?;
+    let next = ops::merged(current.as_ref(), desired, super::backend::WRITER);
+    let old = current.as_ref().map(diff_view).unwrap_or_default();
+    let new = diff_view(&next);
+    if old == new {
+        return Ok(());
+    }
+    let text = similar::TextDiff::from_lines(&old, &new);
+    let ty = T::TYPE;
+    let old_label = if current.is_some() {
+        format!("a/{ty}/{name}")
+    } else {
+        "/dev/null".into()
+    };
+    out.push_str(
+        &text
+            .unified_diff()
+            .context_radius(3)
+            .header(&old_label, &format!("b/{ty}/{name}"))
+            .to_string(),
+    );
+    out.push_str(&format!(
+        "# {ty}/{name}: {}\n",
+        note(current.as_ref(), &next)
+    ));
     Ok(())
 }
 

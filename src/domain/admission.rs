@@ -1,8 +1,9 @@
-//! Admission: the one path every write of a desired Session goes through (CLI, HTTP API,
-//! specs directory). It checks the envelope (`apiVersion`, `kind`, `metadata`) and asks
-//! [`crate::domain::contract`] whether the spec fits the sandbox contract.
-//! [`validate_documents`] does the same for every document of a file (or of one CLI
-//! command) at once, and refuses a session name declared twice among them.
+//! Admission: the one path every write of a desired Session or WarmPool goes through (CLI,
+//! HTTP API, specs directory). It checks the envelope (`apiVersion`, `kind`, `metadata`) and
+//! asks [`crate::domain::contract`] whether the spec fits the sandbox contract ([`validate`]
+//! for a session, [`validate_pool`] for a pool, whose template gets the very same checks as a
+//! session spec). [`validate_documents`] does the same for every document of a file (or of
+//! one CLI command) at once, and refuses a name declared twice among them (per kind).
 //!
 //! No IO happens here.
 
@@ -10,11 +11,14 @@ use std::collections::HashMap;
 
 use crate::domain::contract::{Policy, Violation};
 use crate::domain::limits::{self, echo, escape, human_bytes};
-use crate::domain::parse::Document;
+use crate::domain::parse::{Document, Resource};
+use crate::domain::pool::{POOL_KIND, WarmPool, template_path};
 use crate::domain::reason::Reason;
-use crate::domain::resource::{API_VERSION, KIND, Session};
+use crate::domain::resource::{
+    API_VERSION, KIND, Object, ObjectMeta, ObjectRef, Session, SessionSpec, noun,
+};
 
-/// Why a session was refused.
+/// Why an object was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AdmissionError {
     /// One or more fields are invalid or outside the sandbox contract.
@@ -104,9 +108,54 @@ impl Report {
     }
 }
 
-/// Sizes, counts and ranges of every field (see [`crate::domain::limits`]) and of the whole object.
-fn bounds(session: &Session, r: &mut Report) {
-    let m = &session.metadata;
+/// The envelope of any kind: `apiVersion`, `kind` (`want`), the name and the labels'
+/// syntax.
+fn envelope(r: &mut Report, api_version: &str, kind: &str, want: &str, m: &ObjectMeta) {
+    if api_version != API_VERSION {
+        r.bad(
+            "apiVersion",
+            Reason::Invalid,
+            format!("must be {API_VERSION:?}, got {}", echo(api_version)),
+        );
+    }
+    if kind != want {
+        r.bad(
+            "kind",
+            Reason::Invalid,
+            format!("must be {want:?}, got {}", echo(kind)),
+        );
+    }
+    if !is_dns1123_label(&m.name) {
+        r.bad(
+            "metadata.name",
+            Reason::Invalid,
+            format!(
+                "{} is not a DNS-1123 label (lowercase alphanumerics and '-', at most {} characters)",
+                echo(&m.name),
+                limits::MAX_NAME_BYTES
+            ),
+        );
+    }
+    for (k, val) in &m.labels {
+        let path = format!("metadata.labels.{}", escape_key(k));
+        if !is_label_key(k) {
+            r.bad(
+                &path,
+                Reason::Invalid,
+                format!("{} is not a valid label key", echo(k)),
+            );
+        } else if !is_label_value(val) {
+            r.bad(
+                &path,
+                Reason::Invalid,
+                format!("{} is not a valid label value", echo(val)),
+            );
+        }
+    }
+}
+
+/// Counts and sizes of labels and annotations.
+fn meta_bounds(m: &ObjectMeta, r: &mut Report) {
     r.count("metadata.labels", m.labels.len(), limits::MAX_LABELS);
     r.count(
         "metadata.annotations",
@@ -132,7 +181,11 @@ fn bounds(session: &Session, r: &mut Report) {
             ),
         );
     }
-    let spec = &session.spec;
+}
+
+/// Sizes, counts and ranges of every field of a session spec (see
+/// [`crate::domain::limits`]); a pool's template is checked as one (`as_spec`).
+fn spec_bounds(spec: &SessionSpec, r: &mut Report) {
     r.len("spec.image", &spec.image, limits::MAX_IMAGE_BYTES);
     r.count("spec.command", spec.command.len(), limits::MAX_COMMAND_ARGS);
     for (i, arg) in spec.command.iter().enumerate() {
@@ -183,12 +236,31 @@ fn bounds(session: &Session, r: &mut Report) {
     if let Some(mcp) = &spec.mcp {
         tool_filter(r, "spec.mcp.tools", &mcp.tools);
     }
-    if limits::json_size(session, limits::MAX_OBJECT_BYTES).is_none() {
+    if let Some(pool) = &spec.pool
+        && !is_dns1123_label(pool)
+    {
+        r.bad(
+            "spec.pool",
+            Reason::Invalid,
+            format!(
+                "{} is not a warm pool name (a DNS-1123 label: lowercase alphanumerics and \
+                 '-', at most {} characters)",
+                echo(pool),
+                limits::MAX_NAME_BYTES
+            ),
+        );
+    }
+}
+
+/// The whole object's size as JSON.
+fn size<T: serde::Serialize>(object: &T, kind: &'static str, r: &mut Report) {
+    if limits::json_size(object, limits::MAX_OBJECT_BYTES).is_none() {
         r.bad(
             "",
             Reason::TooLarge,
             format!(
-                "the session is larger than {} as JSON",
+                "the {} is larger than {} as JSON",
+                noun(kind),
                 human_bytes(limits::MAX_OBJECT_BYTES)
             ),
         );
@@ -211,66 +283,127 @@ fn escape_key(k: &str) -> String {
     limits::escape_max(k, limits::MAX_ECHO_CHARS)
 }
 
+/// The contract's violations of a spec, their paths escaped and passed through `path`.
+fn contract(r: &mut Report, policy: &Policy, spec: &SessionSpec, path: fn(&str) -> String) {
+    if let Err(contract) = policy.sandbox(spec) {
+        r.0.extend(contract.into_iter().map(|mut c| {
+            c.path = escape(&path(&c.path));
+            c
+        }));
+    }
+}
+
+impl Report {
+    fn done(self) -> Result<(), AdmissionError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(AdmissionError::Invalid(self.0))
+        }
+    }
+}
+
 /// Validate a session for storage: envelope, metadata, the bounds of [`crate::domain::limits`] and
 /// the sandbox contract. Returns every violation, each with its field path.
 pub fn validate(session: &Session, policy: &Policy) -> Result<(), AdmissionError> {
     let mut r = Report(Vec::new());
-    if session.api_version != API_VERSION {
+    let m = &session.metadata;
+    envelope(&mut r, &session.api_version, &session.kind, KIND, m);
+    meta_bounds(m, &mut r);
+    spec_bounds(&session.spec, &mut r);
+    size(session, KIND, &mut r);
+    contract(&mut r, policy, &session.spec, str::to_string);
+    r.done()
+}
+
+/// Validate a warm pool for storage: the same envelope and metadata checks as a session,
+/// `spec.replicas` within [`limits::MAX_POOL_REPLICAS`], and the template with exactly the
+/// bounds and the contract of a session spec (its fields named `spec.template.…`). Returns
+/// every violation, each with its field path.
+pub fn validate_pool(pool: &WarmPool, policy: &Policy) -> Result<(), AdmissionError> {
+    let mut r = Report(Vec::new());
+    let m = &pool.metadata;
+    envelope(&mut r, &pool.api_version, &pool.kind, POOL_KIND, m);
+    meta_bounds(m, &mut r);
+    if pool.spec.replicas > limits::MAX_POOL_REPLICAS {
         r.bad(
-            "apiVersion",
-            Reason::Invalid,
+            "spec.replicas",
+            Reason::OutOfRange,
             format!(
-                "must be {API_VERSION:?}, got {}",
-                echo(&session.api_version)
+                "{} is more than the limit of {}",
+                pool.spec.replicas,
+                limits::MAX_POOL_REPLICAS
             ),
         );
     }
-    if session.kind != KIND {
-        r.bad(
-            "kind",
-            Reason::Invalid,
-            format!("must be {KIND:?}, got {}", echo(&session.kind)),
-        );
+    let spec = pool.spec.template.as_spec();
+    let mut template = Report(Vec::new());
+    spec_bounds(&spec, &mut template);
+    r.0.extend(template.0.into_iter().map(|mut v| {
+        v.path = template_path(&v.path);
+        v
+    }));
+    size(pool, POOL_KIND, &mut r);
+    contract(&mut r, policy, &spec, template_path);
+    r.done()
+}
+
+/// Validate a parsed object of either kind ([`validate`], [`validate_pool`]).
+pub fn validate_resource(resource: &Resource, policy: &Policy) -> Result<(), AdmissionError> {
+    match resource {
+        Resource::Session(s) => validate(s, policy),
+        Resource::WarmPool(p) => validate_pool(p, policy),
     }
-    if !is_dns1123_label(&session.metadata.name) {
-        r.bad(
-            "metadata.name",
-            Reason::Invalid,
-            format!(
-                "{} is not a DNS-1123 label (lowercase alphanumerics and '-', at most {} characters)",
-                echo(&session.metadata.name),
-                limits::MAX_NAME_BYTES
-            ),
-        );
+}
+
+/// A kind the front ends write: a stored [`Object`] with its admission, and how a parsed
+/// [`Resource`] holds it. What lets [`crate::ops`], the API and the CLI treat sessions and
+/// warm pools with one implementation.
+pub trait Admit: Object + Into<Resource> {
+    /// The plural the API's paths and the CLI's typed names use (`sessions`, `warmpools`).
+    const PLURAL: &'static str;
+    /// Validate for storage ([`validate`], [`validate_pool`]).
+    fn validate(&self, policy: &Policy) -> Result<(), AdmissionError>;
+    /// This kind's object in a parsed document, or the document back when it is another
+    /// kind.
+    fn from_resource(r: Resource) -> Result<Self, Resource>;
+    /// An object with only a name (what deleting an unreadable object answers).
+    fn stub(name: &str) -> Self;
+    /// Kind and name.
+    fn object_ref(&self) -> ObjectRef {
+        ObjectRef::of::<Self>(self.meta().name.clone())
     }
-    for (k, val) in &session.metadata.labels {
-        let path = format!("metadata.labels.{}", escape_key(k));
-        if !is_label_key(k) {
-            r.bad(
-                &path,
-                Reason::Invalid,
-                format!("{} is not a valid label key", echo(k)),
-            );
-        } else if !is_label_value(val) {
-            r.bad(
-                &path,
-                Reason::Invalid,
-                format!("{} is not a valid label value", echo(val)),
-            );
+}
+
+impl Admit for Session {
+    const PLURAL: &'static str = "sessions";
+    fn validate(&self, policy: &Policy) -> Result<(), AdmissionError> {
+        validate(self, policy)
+    }
+    fn from_resource(r: Resource) -> Result<Self, Resource> {
+        match r {
+            Resource::Session(s) => Ok(*s),
+            other => Err(other),
         }
     }
-    bounds(session, &mut r);
-    let mut v = r.0;
-    if let Err(contract) = policy.sandbox(&session.spec) {
-        v.extend(contract.into_iter().map(|mut c| {
-            c.path = escape(&c.path);
-            c
-        }));
+    fn stub(name: &str) -> Self {
+        Session::new(name, "")
     }
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(AdmissionError::Invalid(v))
+}
+
+impl Admit for WarmPool {
+    const PLURAL: &'static str = "warmpools";
+    fn validate(&self, policy: &Policy) -> Result<(), AdmissionError> {
+        validate_pool(self, policy)
+    }
+    fn from_resource(r: Resource) -> Result<Self, Resource> {
+        match r {
+            Resource::WarmPool(p) => Ok(*p),
+            other => Err(other),
+        }
+    }
+    fn stub(name: &str) -> Self {
+        WarmPool::new(name, "", 0)
     }
 }
 
@@ -302,14 +435,15 @@ fn join_documents(v: &[DocumentViolation]) -> String {
 }
 
 /// Admit a set of parsed documents as one unit (a spec file, or every file of one CLI
-/// command): each must pass [`validate`], and no session name may be declared twice among
-/// them. All of them pass, or every problem is returned, in document order (a document's
-/// violations, then its duplicate name).
+/// command): each must pass [`validate_resource`], and no name may be declared twice among
+/// them for one kind (a session and a warm pool may share a name). All of them pass, or
+/// every problem is returned, in document order (a document's violations, then its
+/// duplicate name).
 pub fn validate_documents(docs: &[Document], policy: &Policy) -> Result<(), InvalidDocuments> {
     let mut errors = Vec::new();
-    let mut seen: HashMap<&str, String> = HashMap::new();
+    let mut seen: HashMap<ObjectRef, String> = HashMap::new();
     for d in docs {
-        if let Err(e) = validate(&d.session, policy) {
+        if let Err(e) = validate_resource(&d.resource, policy) {
             for v in e.violations() {
                 errors.push(DocumentViolation {
                     location: d.origin.at(&v.path),
@@ -317,11 +451,14 @@ pub fn validate_documents(docs: &[Document], policy: &Policy) -> Result<(), Inva
                 });
             }
         }
-        if let Some(prev) = seen.insert(d.session.name(), d.origin.at("")) {
+        let key = d.resource.object_ref();
+        if let Some(prev) = seen.get(&key) {
             errors.push(DocumentViolation {
                 location: d.origin.at("metadata.name"),
-                message: format!("session {:?} is also declared at {prev}", d.session.name()),
+                message: format!("{key} is also declared at {prev}"),
             });
+        } else {
+            seen.insert(key, d.origin.at(""));
         }
     }
     if errors.is_empty() {
@@ -517,6 +654,175 @@ mod tests {
         s.spec.ttl_seconds = Some(limits::MAX_TTL_SECONDS);
         assert!(reasons(&s).is_empty());
         assert!(reasons(&ok).is_empty());
+    }
+
+    fn pool_reasons(p: &WarmPool) -> Vec<(String, &'static str)> {
+        match validate_pool(p, &Policy::default()) {
+            Ok(()) => Vec::new(),
+            Err(e) => e
+                .violations()
+                .iter()
+                .map(|v| (v.path.clone(), v.reason.as_str()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn pools_get_the_session_checks_under_spec_template() {
+        let ok = WarmPool::new("pool-1", "mcp-server:1", 2);
+        assert!(pool_reasons(&ok).is_empty());
+        type Change = Box<dyn Fn(&mut WarmPool)>;
+        let cases: Vec<(&str, &str, Change)> = vec![
+            ("kind", "Invalid", Box::new(|p| p.kind = "Session".into())),
+            (
+                "apiVersion",
+                "Invalid",
+                Box::new(|p| p.api_version = "v1".into()),
+            ),
+            (
+                "metadata.name",
+                "Invalid",
+                Box::new(|p| p.metadata.name = "Bad_Name".into()),
+            ),
+            (
+                "metadata.labels.bad key",
+                "Invalid",
+                Box::new(|p| {
+                    p.metadata.labels.insert("bad key".into(), "v".into());
+                }),
+            ),
+            (
+                "metadata.labels",
+                "TooMany",
+                Box::new(|p| {
+                    for i in 0..=limits::MAX_LABELS {
+                        p.metadata.labels.insert(format!("k{i}"), "v".into());
+                    }
+                }),
+            ),
+            (
+                "spec.replicas",
+                "OutOfRange",
+                Box::new(|p| p.spec.replicas = limits::MAX_POOL_REPLICAS + 1),
+            ),
+            (
+                "spec.template.image",
+                "ImageNotAllowed",
+                Box::new(|p| p.spec.template.image = "alpine:3".into()),
+            ),
+            (
+                "spec.template.image",
+                "TooLong",
+                Box::new(|p| p.spec.template.image = "m".repeat(limits::MAX_IMAGE_BYTES + 1)),
+            ),
+            (
+                "spec.template.env.K",
+                "TooLong",
+                Box::new(|p| {
+                    p.spec
+                        .template
+                        .env
+                        .insert("K".into(), "v".repeat(limits::MAX_ENV_VALUE_BYTES + 1));
+                }),
+            ),
+            (
+                "spec.template.command",
+                "TooMany",
+                Box::new(|p| {
+                    p.spec.template.command = vec!["a".into(); limits::MAX_COMMAND_ARGS + 1];
+                }),
+            ),
+            (
+                "spec.template.command[0]",
+                "TooLong",
+                Box::new(|p| {
+                    p.spec.template.command = vec!["a".repeat(limits::MAX_COMMAND_ARG_BYTES + 1)];
+                }),
+            ),
+            (
+                "spec.template.user",
+                "ContractViolation",
+                Box::new(|p| p.spec.template.user = Some("0".into())),
+            ),
+            (
+                "",
+                "TooLarge",
+                Box::new(|p| {
+                    for i in 0..40 {
+                        p.spec
+                            .template
+                            .env
+                            .insert(format!("K{i}"), "v".repeat(8000));
+                    }
+                }),
+            ),
+        ];
+        for (path, reason, change) in cases {
+            let mut p = ok.clone();
+            change(&mut p);
+            let got = pool_reasons(&p);
+            assert!(
+                got.iter().any(|(p, r)| p == path && *r == reason),
+                "{path} {reason}: {got:?}"
+            );
+            assert!(
+                got.iter().all(|(p, _)| !p.starts_with("spec.")
+                    || p == "spec.replicas"
+                    || p.starts_with("spec.template")),
+                "{got:?}"
+            );
+        }
+        let mut p = ok.clone();
+        p.spec.replicas = limits::MAX_POOL_REPLICAS;
+        assert!(pool_reasons(&p).is_empty());
+        p.spec.replicas = 0;
+        assert!(pool_reasons(&p).is_empty(), "a pool may be scaled to zero");
+        let e = validate_pool(&WarmPool::new("p", "nginx", 1), &Policy::default()).unwrap_err();
+        assert!(e.to_string().starts_with("spec.template.image: "), "{e}");
+    }
+
+    #[test]
+    fn a_session_names_a_pool_by_a_dns_label() {
+        let mut s = Session::new("a", "mcp-server:1");
+        s.spec.pool = Some("warm-1".into());
+        assert!(reasons(&s).is_empty());
+        for bad in ["Warm", "a_b", "", "-a", &"p".repeat(64)] {
+            s.spec.pool = Some(bad.to_string());
+            assert_eq!(
+                reasons(&s),
+                [("spec.pool".to_string(), "Invalid")],
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn documents_of_both_kinds_are_admitted_together_names_unique_per_kind() {
+        let pool = "apiVersion: orchestrator.mcp.dev/v1\nkind: WarmPool\nmetadata: {name: a}\nspec: {replicas: 1, template: {image: 'mcp-server:latest'}}\n";
+        let session = "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: a}\nspec: {image: 'mcp-server:latest', pool: a}\n";
+        let text = format!("{pool}---\n{session}");
+        let docs = crate::domain::parse::parse_str("f.yaml", &text).unwrap();
+        assert!(validate_documents(&docs, &Policy::default()).is_ok());
+        let bad = format!(
+            "{session}---\n{pool}---\n{}",
+            pool.replace("'mcp-server:latest'", "alpine")
+        );
+        let docs = crate::domain::parse::parse_str("f.yaml", &bad).unwrap();
+        let err = validate_documents(&docs, &Policy::default()).unwrap_err();
+        let locations: Vec<_> = err.0.iter().map(|v| v.location.as_str()).collect();
+        assert_eq!(
+            locations,
+            [
+                "f.yaml: document 2: spec.template.image",
+                "f.yaml: document 2: metadata.name"
+            ]
+        );
+        assert!(
+            err.to_string().ends_with(
+                "f.yaml: document 2: metadata.name: warm pool \"a\" is also declared at f.yaml: document 1"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 /// Largest file, stdin or request body that is parsed at all, in bytes (1 MiB).
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
-/// Largest Session object, serialized as JSON, in bytes (256 KiB). Checked by admission,
-/// and after every step of a patch.
+/// Largest object (a Session or a WarmPool), serialized as JSON, in bytes (256 KiB). Checked
+/// by admission, and after every step of a patch.
 pub const MAX_OBJECT_BYTES: usize = 256 * 1024;
 /// Deepest nesting of lists and maps in a YAML or JSON input.
 pub const MAX_DEPTH: usize = 64;
@@ -81,6 +81,9 @@ pub const MAX_SYSTEM_INSTRUCTION_BYTES: usize = 64 * 1024;
 pub const MAX_TOOL_PATTERNS: usize = 256;
 /// Longest tool pattern.
 pub const MAX_TOOL_PATTERN_BYTES: usize = 128;
+
+/// Largest `spec.replicas` of a WarmPool: the warm sandboxes one pool keeps started.
+pub const MAX_POOL_REPLICAS: u32 = 1_000;
 
 /// Most operations in one RFC 6902 JSON patch.
 pub const MAX_PATCH_OPS: usize = 1_000;

@@ -1,6 +1,7 @@
-//! Parsing Session documents from text: pure, no IO.
+//! Parsing Session and WarmPool documents from text: pure, no IO.
 //!
-//! A file may hold one JSON object, several YAML documents, or a list (`{"items": [...]}`).
+//! A file may hold one JSON object, several YAML documents, or a list (`{"items": [...]}`);
+//! each document's `kind` decides its type ([`Resource`]), and one file may mix both kinds.
 //! Every error names the file, the document index (0-based) and the field path. Parsing does
 //! not validate the sandbox contract; that is [`crate::domain::admission`]'s job. Reading
 //! files, directories and stdin is [`crate::files`]'s job; it hands the bytes to
@@ -19,10 +20,11 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use crate::domain::limits::{self, escape, human_bytes};
-use crate::domain::resource::Session;
+use crate::domain::limits::{self, echo, escape, human_bytes};
+use crate::domain::pool::{POOL_KIND, WarmPool};
+use crate::domain::resource::{KIND, ObjectMeta, ObjectRef, Session};
 
-/// Where a parsed session came from.
+/// Where a parsed document came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Origin {
     /// The file name as the user gave it, or `-` for stdin.
@@ -49,19 +51,79 @@ impl Origin {
     }
 }
 
-/// One parsed session with its origin.
+/// One parsed object: the document's `kind` decides which.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    /// `kind: Session`.
+    Session(Box<Session>),
+    /// `kind: WarmPool`.
+    WarmPool(Box<WarmPool>),
+}
+
+impl Resource {
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.meta().name
+    }
+
+    /// Its `kind` (`Session`, `WarmPool`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Session(_) => KIND,
+            Resource::WarmPool(_) => POOL_KIND,
+        }
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Resource::Session(s) => &s.metadata,
+            Resource::WarmPool(p) => &p.metadata,
+        }
+    }
+
+    /// Its metadata, mutable.
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Resource::Session(s) => &mut s.metadata,
+            Resource::WarmPool(p) => &mut p.metadata,
+        }
+    }
+
+    /// Kind and name, for messages and keys.
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef {
+            kind: self.kind(),
+            name: self.name().to_string(),
+        }
+    }
+}
+
+impl From<Session> for Resource {
+    fn from(s: Session) -> Resource {
+        Resource::Session(Box::new(s))
+    }
+}
+
+impl From<WarmPool> for Resource {
+    fn from(p: WarmPool) -> Resource {
+        Resource::WarmPool(Box::new(p))
+    }
+}
+
+/// One parsed document with its origin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     /// Where it came from.
     pub origin: Origin,
-    /// The parsed session (not yet admitted).
-    pub session: Session,
+    /// The parsed object (not yet admitted).
+    pub resource: Resource,
 }
 
-/// Why a text could not be turned into sessions.
+/// Why a text could not be turned into objects.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    /// A document is not valid YAML/JSON or does not fit the Session schema.
+    /// A document is not valid YAML/JSON or does not fit the schema of its kind.
     #[error("{location}: {message}")]
     Invalid {
         /// `file: document N: field.path`.
@@ -177,13 +239,13 @@ pub fn parse_str(file: &str, text: &str) -> Result<Vec<Document>, ParseError> {
                 let Some(Value::Array(items)) = map.get("items").cloned() else {
                     return Err(ParseError::invalid(
                         origin.at("items"),
-                        "must be a list of Session objects",
+                        "must be a list of Session or WarmPool objects",
                     ));
                 };
                 expand_items(&origin, items, &mut docs)?;
             }
             other => docs.push(Document {
-                session: from_value(&origin, other)?,
+                resource: resource_from_value(&origin, other)?,
                 origin,
             }),
         }
@@ -202,20 +264,57 @@ fn expand_items(
             ..origin.clone()
         };
         docs.push(Document {
-            session: from_value(&origin, item)?,
+            resource: resource_from_value(&origin, item)?,
             origin,
         });
     }
     Ok(())
 }
 
-/// Deserialize one document, keeping the field path of the first error. Every struct-typed
-/// field must be a mapping (serde would also build a struct from a list).
-pub fn from_value(origin: &Origin, value: Value) -> Result<Session, ParseError> {
+/// The kinds a document may have, for messages.
+const KINDS: &str = "\"Session\" or \"WarmPool\"";
+
+/// Deserialize one document as the type its `kind` names (see [`from_value`]); any other
+/// `kind` is an error on the field `kind`.
+pub fn resource_from_value(origin: &Origin, value: Value) -> Result<Resource, ParseError> {
+    let Some(map) = value.as_object() else {
+        return Err(ParseError::invalid(
+            origin.at(""),
+            "a Session or WarmPool document must be a mapping",
+        ));
+    };
+    match map.get("kind") {
+        Some(Value::String(k)) if k == KIND => {
+            Ok(Resource::from(from_value::<Session>(origin, value)?))
+        }
+        Some(Value::String(k)) if k == POOL_KIND => {
+            Ok(Resource::from(from_value::<WarmPool>(origin, value)?))
+        }
+        Some(Value::String(k)) => Err(ParseError::invalid(
+            origin.at("kind"),
+            format!("must be {KINDS}, got {}", echo(k)),
+        )),
+        Some(other) => Err(ParseError::invalid(
+            origin.at("kind"),
+            format!("must be {KINDS}, got {}", type_name(other)),
+        )),
+        None => Err(ParseError::invalid(
+            origin.at(""),
+            format!("missing field `kind` ({KINDS})"),
+        )),
+    }
+}
+
+/// Deserialize one document as a `T`, keeping the field path of the first error. Every
+/// struct-typed field must be a mapping (serde would also build a struct from a list).
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    origin: &Origin,
+    value: Value,
+) -> Result<T, ParseError> {
     if !value.is_object() {
         return Err(ParseError::invalid(
             origin.at(""),
-            "a Session document must be a mapping",
+            "the document must be a mapping",
         ));
     }
     if let Some((path, got)) = struct_not_object(&value) {
@@ -224,15 +323,15 @@ pub fn from_value(origin: &Origin, value: Value) -> Result<Session, ParseError> 
             format!("must be a mapping, got {got}"),
         ));
     }
-    serde_path_to_error::deserialize::<_, Session>(value).map_err(|e| {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ParseError::invalid(origin.at(&path), e.into_inner().to_string())
     })
 }
 
-/// The fields of [`Session`] whose type is a struct (or an optional struct), as paths from the
-/// document root; `[]` stands for every element of a list.
+/// The fields of [`Session`] and [`WarmPool`] whose type is a struct (or an optional struct),
+/// as paths from the document root; `[]` stands for every element of a list.
 const STRUCT_FIELDS: &[&[&str]] = &[
     &["metadata"],
     &["spec"],
@@ -496,7 +595,8 @@ mod tests {
         let text = "---\napiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: a}\nspec: {image: 'mcp-server:latest'}\n---\n---\napiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata: {name: b}\nspec: {image: 'mcp-server:latest'}\n";
         let docs = parse_str("f.yaml", text).unwrap();
         assert_eq!(docs.len(), 2);
-        assert_eq!(docs[1].session.metadata.name, "b");
+        assert_eq!(docs[1].resource.name(), "b");
+        assert_eq!(docs[1].resource.kind(), "Session");
         assert_eq!(docs[1].origin.document, 2);
     }
 
@@ -657,6 +757,92 @@ mod tests {
         let e = err(&format!("{HEAD}spec: {{image: x, \"bad\\r\\n\\0\\e\": 1}}"));
         assert!(!e.chars().any(char::is_control), "{e:?}");
         assert!(e.contains("bad\\r\\n\\0\\u{1b}"), "{e}");
+    }
+
+    const POOL: &str = "apiVersion: orchestrator.mcp.dev/v1\nkind: WarmPool\nmetadata: {name: p}\nspec:\n  replicas: 2\n  template: {image: 'mcp-server:latest', env: {A: '1'}}\n";
+
+    #[test]
+    fn the_kind_decides_the_type_and_files_may_mix_kinds() {
+        let text = format!("{POOL}---\n{HEAD}spec: {{image: 'mcp-server:latest', pool: p}}\n");
+        let docs = parse_str("f.yaml", &text).unwrap();
+        let Resource::WarmPool(p) = &docs[0].resource else {
+            panic!("{docs:?}")
+        };
+        assert_eq!(
+            (p.spec.replicas, p.spec.template.env["A"].as_str()),
+            (2, "1")
+        );
+        let Resource::Session(s) = &docs[1].resource else {
+            panic!("{docs:?}")
+        };
+        assert_eq!(s.spec.pool.as_deref(), Some("p"));
+        assert_eq!(
+            (docs[1].resource.kind(), docs[1].resource.name()),
+            ("Session", "a")
+        );
+        assert_eq!(docs[0].resource.object_ref().to_string(), "warm pool \"p\"");
+        let list = r#"{"items":[
+            {"apiVersion":"orchestrator.mcp.dev/v1","kind":"Session","metadata":{"name":"a"},"spec":{"image":"mcp-server:1"}},
+            {"apiVersion":"orchestrator.mcp.dev/v1","kind":"WarmPool","metadata":{"name":"p"},"spec":{"replicas":1,"template":{"image":"mcp-server:1"}}}]}"#;
+        let docs = parse_str("l.json", list).unwrap();
+        let kinds: Vec<_> = docs.iter().map(|d| d.resource.kind()).collect();
+        assert_eq!(kinds, ["Session", "WarmPool"]);
+        assert_eq!(docs[1].origin.prefix, "items[1]");
+    }
+
+    #[test]
+    fn any_other_kind_names_file_document_and_field() {
+        for (kind, want) in [
+            (
+                "Pod",
+                "f: document 0: kind: must be \"Session\" or \"WarmPool\", got \"Pod\"",
+            ),
+            (
+                "7",
+                "f: document 0: kind: must be \"Session\" or \"WarmPool\", got a number",
+            ),
+            (
+                "[a]",
+                "f: document 0: kind: must be \"Session\" or \"WarmPool\", got a list",
+            ),
+        ] {
+            let e = err(&format!(
+                "apiVersion: orchestrator.mcp.dev/v1\nkind: {kind}\nmetadata: {{name: a}}\nspec: {{}}\n"
+            ));
+            assert_eq!(e, want);
+        }
+        let e = err("apiVersion: orchestrator.mcp.dev/v1\nmetadata: {name: a}\nspec: {}\n");
+        assert!(e.starts_with("f: document 0: missing field `kind`"), "{e}");
+        let e = err(&format!(
+            "{HEAD}spec: {{image: x}}\n---\nkind: \"Pod\\r\\n\"\n"
+        ));
+        assert!(e.starts_with("f: document 1: kind:"), "{e}");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        let e = err(r#"{"items": [{"kind": "Session"}, {"kind": "Nope"}]}"#);
+        assert!(e.starts_with("f: document 0: items[0]"), "{e}");
+        let e = err(
+            r#"{"items": [{"apiVersion":"orchestrator.mcp.dev/v1","kind":"Session","metadata":{"name":"a"},"spec":{"image":"x"}}, {"kind": "Nope"}]}"#,
+        );
+        assert!(
+            e.starts_with("f: document 0: items[1].kind: must be"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pool_errors_name_the_template_field() {
+        let e = err(&POOL.replace("env: {A: '1'}", "memroy: 1Gi"));
+        assert!(e.starts_with("f: document 0: spec.template"), "{e}");
+        assert!(e.contains("memroy"), "{e}");
+        let e = err(&POOL.replace("{image: 'mcp-server:latest', env: {A: '1'}}", "[x]"));
+        assert!(
+            e.contains("document 0: spec.template: must be a mapping, got a list"),
+            "{e}"
+        );
+        let e = err(&POOL.replace("replicas: 2", "replicas: -1"));
+        assert!(e.starts_with("f: document 0: spec.replicas:"), "{e}");
+        let e = err(&POOL.replace("replicas: 2", "replicas: 2\n  chat: {}"));
+        assert!(e.contains("unknown field `chat`"), "{e}");
     }
 
     #[test]

@@ -225,6 +225,18 @@ pub struct PoolPlan {
     pub ready: Vec<String>,
 }
 
+/// A session-spec field path (`spec.image`) as the template's (`spec.template.image`): how
+/// the checks a template shares with a session spec name their field in a pool.
+pub fn template_path(path: &str) -> String {
+    match path.strip_prefix("spec") {
+        Some("") => "spec.template".to_string(),
+        Some(rest) if rest.starts_with('.') || rest.starts_with('[') => {
+            format!("spec.template{rest}")
+        }
+        _ => path.to_string(),
+    }
+}
+
 /// The pool's template as a sandbox, or why it cannot be one.
 pub fn template_sandbox(pool: &WarmPool, s: &Settings) -> Result<Sandbox, (Reason, String)> {
     s.policy
@@ -232,10 +244,7 @@ pub fn template_sandbox(pool: &WarmPool, s: &Settings) -> Result<Sandbox, (Reaso
         .map_err(|v| {
             let message = v
                 .iter()
-                .map(|v| {
-                    let path = v.path.replacen("spec.", "spec.template.", 1);
-                    format!("{path}: {}", v.message)
-                })
+                .map(|v| format!("{}: {}", template_path(&v.path), v.message))
                 .collect::<Vec<_>>()
                 .join("; ");
             (v[0].reason, message)

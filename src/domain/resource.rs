@@ -413,10 +413,59 @@ impl Session {
 
     /// Where the session came from, per its source annotation.
     pub fn source(&self) -> Option<&str> {
-        self.metadata
-            .annotations
-            .get(SOURCE_ANNOTATION)
-            .map(String::as_str)
+        self.metadata.source()
+    }
+}
+
+impl ObjectMeta {
+    /// Where the object came from, per its source annotation ([`SOURCE_ANNOTATION`]).
+    pub fn source(&self) -> Option<&str> {
+        self.annotations.get(SOURCE_ANNOTATION).map(String::as_str)
+    }
+}
+
+/// Which object a message or an error is about: its kind and name, shown as `session "a"`
+/// or `warm pool "a"`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// The `kind` (`Session`, `WarmPool`).
+    pub kind: &'static str,
+    /// The object's name.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// The object of kind `T` named `name`.
+    pub fn of<T: Object>(name: impl Into<String>) -> ObjectRef {
+        ObjectRef {
+            kind: T::KIND,
+            name: name.into(),
+        }
+    }
+
+    /// The session named `name`.
+    pub fn session(name: impl Into<String>) -> ObjectRef {
+        ObjectRef::of::<Session>(name)
+    }
+
+    /// The kind in prose: `session`, `warm pool`.
+    pub fn noun(&self) -> &'static str {
+        noun(self.kind)
+    }
+}
+
+/// A `kind` in prose, for messages: `session`, `warm pool` (the kind itself otherwise).
+pub fn noun(kind: &'static str) -> &'static str {
+    match kind {
+        KIND => "session",
+        crate::domain::pool::POOL_KIND => "warm pool",
+        other => other,
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}", self.noun(), self.name)
     }
 }
 

@@ -207,6 +207,6 @@ pub(super) async fn clear(
 async fn exists(st: &AppState, name: &str) -> Result<(), ApiError> {
     match st.inner.store.get(name).await? {
         Some(_) => Ok(()),
-        None => Err(StoreError::NotFound(name.to_string()).into()),
+        None => Err(StoreError::NotFound(crate::domain::resource::ObjectRef::session(name)).into()),
     }
 }

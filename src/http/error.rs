@@ -131,15 +131,16 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let msg = e.to_string();
         match e {
-            StoreError::NotFound(name) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", msg)
-                .with_details(json!({"name": name})),
-            StoreError::AlreadyExists(name) => {
+            StoreError::NotFound(o) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", msg)
+                .with_details(json!({"name": o.name, "kind": o.kind})),
+            StoreError::AlreadyExists(o) => {
                 ApiError::new(StatusCode::CONFLICT, "AlreadyExists", msg)
-                    .with_details(json!({"name": name}))
+                    .with_details(json!({"name": o.name, "kind": o.kind}))
             }
             StoreError::Conflict { name, current, .. } => {
-                ApiError::new(StatusCode::CONFLICT, "Conflict", msg)
-                    .with_details(json!({"name": name, "resourceVersion": current}))
+                ApiError::new(StatusCode::CONFLICT, "Conflict", msg).with_details(
+                    json!({"name": name.name, "kind": name.kind, "resourceVersion": current}),
+                )
             }
             StoreError::Gone(rv) => ApiError::new(StatusCode::GONE, "Expired", msg)
                 .with_details(json!({"resourceVersion": rv.to_string()})),
@@ -157,7 +158,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Corrupt { name, .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
-                    .with_details(json!({"name": name}))
+                    .with_details(json!({"name": name.name, "kind": name.kind}))
             }
             StoreError::BadPolicy(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unreadable", msg)
@@ -212,8 +213,9 @@ impl From<OpsError> for ApiError {
                 name,
                 owner,
                 writer,
-            } => ApiError::new(StatusCode::CONFLICT, "OwnedByAnotherSource", msg)
-                .with_details(json!({"name": name, "owner": owner, "writer": writer})),
+            } => ApiError::new(StatusCode::CONFLICT, "OwnedByAnotherSource", msg).with_details(
+                json!({"name": name.name, "kind": name.kind, "owner": owner, "writer": writer}),
+            ),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP API (axum): sessions CRUD, patches, watch (SSE), acquire-and-wait, and the
+//! The HTTP API (axum): sessions and warm pools CRUD, patches, watch (SSE), acquire-and-wait, and the
 //! operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
 //!
 //! Every write goes through [`crate::ops`] — the same admission path as the CLI and the
@@ -10,8 +10,10 @@ mod error;
 mod forward;
 mod limits;
 mod mcp;
+mod objects;
 mod openapi;
 mod sessions;
+mod warmpools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -168,6 +170,7 @@ pub fn listen_addr(
 pub fn router(state: AppState) -> Router {
     let body_timeout = state.inner.streams.limits().body_read_timeout;
     let api = sessions::routes()
+        .merge(warmpools::routes())
         .merge(chat::routes())
         .merge(mcp::routes())
         .route("/metrics", get(metrics))

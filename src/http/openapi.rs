@@ -8,6 +8,8 @@ use super::Status;
 use super::chat::{self, ChatRequest};
 use super::mcp;
 use super::sessions::{self, SessionList};
+use super::warmpools::{self, WarmPoolList};
+use crate::domain::pool::{SandboxTemplate, WarmPool, WarmPoolSpec, WarmPoolStatus};
 use crate::domain::resource::{
     ChatSpec, Condition, McpSpec, ObjectMeta, Phase, Quantity, Resources, RestartPolicy, Session,
     SessionSpec, SessionStatus, ToolFilter,
@@ -20,16 +22,19 @@ use crate::domain::resource::{
         sessions::list, sessions::create, sessions::read, sessions::replace, sessions::patch,
         sessions::remove, sessions::status, sessions::events, sessions::container,
         sessions::restart, sessions::log, super::policy,
+        warmpools::list, warmpools::create, warmpools::read, warmpools::replace,
+        warmpools::patch, warmpools::remove, warmpools::events,
         chat::chat, chat::messages, chat::clear, mcp::mcp,
         super::healthz, super::readyz, super::metrics, super::openapi,
     ),
     components(schemas(
         Session, ObjectMeta, SessionSpec, Resources, Quantity, RestartPolicy, SessionStatus,
-        Phase, Condition, SessionList, Status, ChatSpec, McpSpec, ToolFilter, ChatRequest
+        Phase, Condition, SessionList, Status, ChatSpec, McpSpec, ToolFilter, ChatRequest,
+        WarmPool, WarmPoolSpec, SandboxTemplate, WarmPoolStatus, WarmPoolList
     )),
     modifiers(&Bearer),
     security(("bearer" = [])),
-    tags((name = "sessions", description = "Desired sandboxes"), (name = "operations", description = "Health, metrics, schema"), (name = "chat", description = "Gemini with the sandbox's MCP tools"), (name = "mcp", description = "The sandbox's MCP server for any MCP client (Streamable HTTP)")),
+    tags((name = "sessions", description = "Desired sandboxes"), (name = "warmpools", description = "Warm pools: started sandboxes a session can claim (spec.pool)"), (name = "operations", description = "Health, metrics, schema"), (name = "chat", description = "Gemini with the sandbox's MCP tools"), (name = "mcp", description = "The sandbox's MCP server for any MCP client (Streamable HTTP)")),
 )]
 struct ApiDoc;
 

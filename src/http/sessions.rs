@@ -1,6 +1,5 @@
 //! `/api/v1/sessions` handlers.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
@@ -9,26 +8,19 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
 
-use super::limits::{StreamKind, StreamPermit, request_duration, supervised};
+use super::limits::{StreamKind, StreamPermit, request_duration};
+use super::objects::{self, ReadQuery, SOURCE, with_rv};
 use super::{ApiError, AppState, Status};
-use crate::domain::parse;
-use crate::domain::reason::Reason;
-use crate::domain::resource::{API_VERSION, Phase, Session, SessionStatus};
-use crate::domain::selector::Selector;
+use crate::domain::resource::{ObjectRef, Phase, Session, SessionStatus};
 use crate::domain::wait::{Condition, Progress, Waiter};
-use crate::ops::{self, Applied, PatchRequest, PatchType, WaitEnd};
-use crate::store::{EventType, StoreError};
-
-const SOURCE: &str = "api";
+use crate::ops::{self, WaitEnd};
+use crate::store::StoreError;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -62,19 +54,6 @@ pub struct SessionList {
     pub items: Vec<Session>,
 }
 
-/// Query of list and read.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(rename_all = "camelCase")]
-pub struct ReadQuery {
-    /// Stream changes as Server-Sent Events (ADDED, MODIFIED, DELETED).
-    pub watch: Option<bool>,
-    /// Only sessions whose labels match, e.g. `team=research,tier in (gold)`.
-    pub label_selector: Option<String>,
-    /// With `watch`: resume after this resourceVersion instead of listing first.
-    pub resource_version: Option<String>,
-}
-
 /// Query of writes.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -88,7 +67,7 @@ pub struct WriteQuery {
     pub dry_run: Option<String>,
 }
 
-fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T: Default>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.body_text()))
 }
@@ -160,57 +139,6 @@ pub(super) fn unsupported(got: &str, want: &str) -> ApiError {
     )
 }
 
-/// Parse a POST/PUT body (JSON or YAML) holding exactly one Session, on the blocking pool.
-async fn session_body(headers: &HeaderMap, bytes: Bytes) -> Result<Session, ApiError> {
-    let ct = content_type(headers);
-    if !matches!(
-        ct.as_str(),
-        "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml"
-    ) {
-        return Err(unsupported(&ct, "application/json or application/yaml"));
-    }
-    off_workers(move || parse_session(&bytes)).await
-}
-
-fn parse_session(bytes: &Bytes) -> Result<Session, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "the body is not UTF-8",
-        )
-    })?;
-    let mut docs = parse::parse_str("body", text)?;
-    if docs.len() != 1 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("body: expected one Session, got {}", docs.len()),
-        ));
-    }
-    Ok(docs.remove(0).session)
-}
-
-fn if_match(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(header::IF_MATCH)?.to_str().ok()?.trim();
-    let v = v.strip_prefix("W/").unwrap_or(v);
-    Some(v.trim_matches('"').to_string())
-}
-
-fn selector(q: &ReadQuery) -> Result<Selector, ApiError> {
-    Selector::parse(q.label_selector.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))
-}
-
-fn with_rv(mut r: Response, s: &Session) -> Response {
-    if let Some(rv) = &s.metadata.resource_version
-        && let Ok(v) = header::HeaderValue::from_str(&format!("\"{rv}\""))
-    {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
-}
-
 /// List sessions, or watch them with `?watch=true`.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(ReadQuery),
     responses(
@@ -222,153 +150,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    let sel = selector(&q)?;
-    if q.watch.unwrap_or(false) {
-        return watch(st, None, sel, resume_from(&q, &headers)?).await;
-    }
-    let snap = st.inner.store.list().await?;
-    let items = snap
-        .items
-        .into_iter()
-        .filter(|s| sel.matches(&s.metadata.labels))
-        .collect();
-    Ok(Json(SessionList {
-        api_version: API_VERSION.into(),
-        kind: "SessionList".into(),
-        metadata: if snap.unreadable.is_empty() {
-            json!({"resourceVersion": snap.revision.to_string()})
-        } else {
-            json!({"resourceVersion": snap.revision.to_string(), "unreadable": snap.unreadable})
-        },
-        items,
-    })
-    .into_response())
-}
-
-fn resume_from(q: &ReadQuery, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let raw = q.resource_version.clone().or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    match raw.as_deref() {
-        None | Some("") | Some("0") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("resourceVersion {v:?} is not a number"),
-            )
-        }),
-    }
-}
-
-fn sse_event(kind: EventType, rv: u64, obj: &Session) -> Event {
-    let kind = match kind {
-        EventType::Added => "ADDED",
-        EventType::Modified => "MODIFIED",
-        EventType::Deleted => "DELETED",
-    };
-    Event::default()
-        .event(kind)
-        .id(rv.to_string())
-        .data(serde_json::to_string(obj).unwrap_or_default())
-}
-
-fn error_event(code: u16, message: &str) -> Event {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "message": message, "details": {}});
-    Event::default().event("ERROR").data(body.to_string())
-}
-
-/// Stream changes as SSE. Without a resume point the current objects come first as ADDED.
-/// Each watch holds a slot of the watch cap (and its own Redis connection) until the client
-/// goes away or the server shuts down; the task behind it is supervised: a panic ends the
-/// stream with an `ERROR` event and is counted (`mcpo_task_panics_total{task="http_watch"}`).
-async fn watch(
-    st: AppState,
-    name: Option<String>,
-    sel: Selector,
-    from: Option<u64>,
-) -> Result<Response, ApiError> {
-    let permit = st.inner.streams.acquire(StreamKind::Watch)?;
-    let store = st.inner.store.clone();
-    let (initial, mut watch) = match from {
-        Some(rv) => (Vec::new(), store.watch(rv).await?),
-        None => {
-            let snap = store.list().await?;
-            let watch = store.watch_from(snap.revision, &snap.identity).await?;
-            (snap.items, watch)
-        }
-    };
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
-    let shutdown = st.inner.shutdown.clone();
-    let wanted = move |n: &str, s: &Session| {
-        name.as_deref().is_none_or(|x| x == n) && sel.matches(&s.metadata.labels)
-    };
-    let metrics = st.inner.metrics.clone();
-    let on_panic = tx.clone();
-    let task = async move {
-        for s in &initial {
-            let rv = s
-                .metadata
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if wanted(s.name(), s)
-                && tx
-                    .send(Ok(sse_event(EventType::Added, rv, s)))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-        loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tx.closed() => return,
-                b = watch.next_batch(Duration::from_secs(5)) => b,
-            };
-            match batch {
-                Ok(events) => {
-                    for ev in events {
-                        let Some(obj) = &ev.object else { continue };
-                        if wanted(&ev.name, obj)
-                            && tx
-                                .send(Ok(sse_event(ev.kind, ev.revision, obj)))
-                                .await
-                                .is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let code = if matches!(e, StoreError::Gone(_) | StoreError::Reset { .. }) {
-                        410
-                    } else {
-                        503
-                    };
-                    let _ = tx.send(Ok(error_event(code, &e.to_string()))).await;
-                    return;
-                }
-            }
-        }
-    };
-    tokio::spawn(async move {
-        let _permit = permit;
-        if !supervised(&metrics, "http_watch", task).await {
-            let _ = on_panic
-                .send(Ok(error_event(500, "the watch failed unexpectedly")))
-                .await;
-        }
-    });
-    Ok(Sse::new(ReceiverStream::new(rx))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    objects::list::<Session>(st, &headers, query(q)?).await
 }
 
 /// Create a session. `?wait=Running` answers once its sandbox runs.
@@ -391,8 +173,7 @@ pub(super) async fn create(
     let bytes = body(b)?;
     let dry_run = q.dry_run.is_some();
     let wait = wait_plan(&st, &q, dry_run)?;
-    let desired = session_body(&headers, bytes).await?;
-    let created = ops::create(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
+    let created = objects::create::<Session>(&st, &headers, bytes, dry_run).await?;
     let created = maybe_wait(&st, wait, created).await?;
     Ok(with_rv(
         (StatusCode::CREATED, Json(&created)).into_response(),
@@ -409,21 +190,11 @@ pub(super) async fn read(
     headers: HeaderMap,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    if q.watch.unwrap_or(false) {
-        let sel = selector(&q)?;
-        return watch(st, Some(name), sel, resume_from(&q, &headers)?).await;
-    }
-    let s = get_session(&st, &name).await?;
-    Ok(with_rv(Json(&s).into_response(), &s))
+    objects::read::<Session>(st, name, &headers, query(q)?).await
 }
 
 async fn get_session(st: &AppState, name: &str) -> Result<Session, ApiError> {
-    st.inner
-        .store
-        .get(name)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(name.to_string()).into())
+    objects::get::<Session>(st, name).await
 }
 
 /// Create or replace a session (idempotent acquire). Precondition: `metadata.resourceVersion`
@@ -446,39 +217,9 @@ pub(super) async fn replace(
     let bytes = body(b)?;
     let dry_run = q.dry_run.is_some();
     let wait = wait_plan(&st, &q, dry_run)?;
-    let mut desired = session_body(&headers, bytes).await?;
-    if desired.metadata.name != name {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!(
-                "metadata.name: {:?} does not match the URL's {name:?}",
-                desired.metadata.name
-            ),
-        )
-        .with_details(json!({"causes": [{"field": "metadata.name", "reason": Reason::Invalid}]})));
-    }
-    if let Some(rv) = if_match(&headers) {
-        desired.metadata.resource_version = Some(rv);
-    }
-    let (what, s) =
-        ops::apply(&st.inner.store, &st.inner.policy, &desired, SOURCE, dry_run).await?;
+    let (what, s) = objects::replace::<Session>(&st, &name, &headers, bytes, dry_run).await?;
     let s = maybe_wait(&st, wait, s).await?;
-    let code = if what == Applied::Created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let mut r = with_rv((code, Json(&s)).into_response(), &s);
-    r.headers_mut().insert(
-        "x-apply-result",
-        header::HeaderValue::from_static(match what {
-            Applied::Created => "created",
-            Applied::Configured => "configured",
-            Applied::Unchanged => "unchanged",
-        }),
-    );
-    Ok(r)
+    Ok(objects::applied(what, &s))
 }
 
 /// Patch a session: `application/merge-patch+json` (RFC 7386) or
@@ -502,36 +243,7 @@ pub(super) async fn patch(
     let bytes = body(b)?;
     let dry_run = q.dry_run.is_some();
     let wait = wait_plan(&st, &q, dry_run)?;
-    let ct = content_type(&headers);
-    let kind = match ct.as_str() {
-        "application/merge-patch+json" => PatchType::Merge,
-        "application/json-patch+json" => PatchType::Json,
-        _ => {
-            return Err(unsupported(
-                &ct,
-                "application/merge-patch+json or application/json-patch+json",
-            ));
-        }
-    };
-    let doc: Value = off_workers(move || {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("the patch is not JSON: {e}"),
-            )
-        })
-    })
-    .await?;
-    let precondition = if_match(&headers);
-    let req = PatchRequest {
-        name: &name,
-        kind,
-        doc: &doc,
-        precondition: precondition.as_deref(),
-        dry_run,
-    };
-    let (_, s) = ops::patch(&st.inner.store, &st.inner.policy, SOURCE, &req).await?;
+    let s = objects::patch::<Session>(&st, &name, &headers, bytes, dry_run).await?;
     let s = maybe_wait(&st, wait, s).await?;
     Ok(with_rv(Json(&s).into_response(), &s))
 }
@@ -547,9 +259,7 @@ pub(super) async fn remove(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let rv = if_match(&headers);
-    let s = ops::delete(&st.inner.store, &name, rv.as_deref(), SOURCE).await?;
-    Ok(Json(&s).into_response())
+    objects::remove::<Session>(&st, &name, &headers).await
 }
 
 /// A rollout restart: the sandbox is recreated (its restart marker moves the generation and
@@ -681,9 +391,7 @@ pub(super) async fn events(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    get_session(&st, &name).await?;
-    let events = st.inner.store.events(&name).await?;
-    Ok(Json(json!({ "items": events })).into_response())
+    objects::events::<Session>(&st, &name).await
 }
 
 /// A summary of the session's container as the engine reports it.
@@ -790,7 +498,7 @@ async fn maybe_wait(
     .await?;
     match (outcome, end) {
         (WaitEnd::Done, Some(Some(s))) => Ok(*s),
-        (WaitEnd::Done, _) => Err(StoreError::NotFound(name).into()),
+        (WaitEnd::Done, _) => Err(StoreError::NotFound(ObjectRef::session(name)).into()),
         (WaitEnd::Cancelled, _) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ShuttingDown",

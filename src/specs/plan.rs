@@ -1,14 +1,15 @@
 //! The pure part of the specs directory: the files (their text, or that they are gone) and
-//! the stored sessions in, per file what to apply, what to delete and what to report out.
-//! No IO here; [`super::watch`] reads the files and executes the plan.
+//! the stored objects (sessions and warm pools) in, per file what to apply, what to delete
+//! and what to report out. No IO here; [`super::watch`] reads the files and executes the
+//! plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::domain::admission;
 use crate::domain::contract::Policy;
-use crate::domain::parse;
-use crate::domain::resource::Session;
+use crate::domain::parse::{self, Resource};
+use crate::domain::resource::{Object, ObjectRef};
 
 /// What a spec file holds now, as read from disk.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,36 +25,56 @@ pub enum FileContent {
 /// Which part of the directory a sync covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Every file: the files given are all there is, so a stored session whose file is not
+    /// Every file: the files given are all there is, so a stored object whose file is not
     /// among them is deleted.
     Full,
-    /// Only the files given; sessions of other files are not looked at.
+    /// Only the files given; objects of other files are not looked at.
     Files,
+}
+
+/// A stored object as the plan sees it: which one, and where it came from (its source
+/// annotation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Kind and name.
+    pub object: ObjectRef,
+    /// Its source annotation, if any.
+    pub source: Option<String>,
+}
+
+impl Stored {
+    /// The plan's view of a stored object.
+    pub fn of<T: Object>(obj: &T) -> Stored {
+        Stored {
+            object: ObjectRef::of::<T>(obj.meta().name.clone()),
+            source: obj.meta().source().map(str::to_string),
+        }
+    }
 }
 
 /// What to do about one file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileAction {
-    /// The file is valid: apply its sessions (in file order) and delete the sessions it
-    /// declared before but no longer does.
+    /// The file is valid: apply its objects (warm pools first, then sessions, each in file
+    /// order) and delete the objects it declared before but no longer does.
     Apply {
-        /// The sessions, admitted, without `resourceVersion`.
-        sessions: Vec<Session>,
-        /// Names it no longer declares.
-        delete: Vec<String>,
+        /// The objects, admitted, without `resourceVersion`.
+        objects: Vec<Resource>,
+        /// What it no longer declares (sessions before pools).
+        delete: Vec<ObjectRef>,
     },
-    /// The file is gone: delete every session it declared.
+    /// The file is gone: delete every object it declared.
     Remove {
-        /// Names it declared.
-        delete: Vec<String>,
+        /// What it declared.
+        delete: Vec<ObjectRef>,
     },
     /// The file is invalid: write nothing, report `message` (one line naming file, document
-    /// and field) on the sessions it declared before.
+    /// and field) on the objects it declared before.
     Invalid {
         /// Every error, `; `-separated.
         message: String,
-        /// Names it declared before (left untouched).
-        declared: Vec<String>,
+        /// What it declared before (left untouched).
+        declared: Vec<ObjectRef>,
     },
 }
 
@@ -80,39 +101,41 @@ pub(super) fn in_dir<'a>(prefix: &str, source: &'a str) -> Option<&'a str> {
 }
 
 /// Parse and admit every document of a file (see [`admission::validate_documents`]); all
-/// of them, or the list of errors.
-pub fn validate_file(file: &str, text: &str, policy: &Policy) -> Result<Vec<Session>, String> {
+/// of them, warm pools first (a session of the file may name one), or the list of errors.
+pub fn validate_file(file: &str, text: &str, policy: &Policy) -> Result<Vec<Resource>, String> {
     let docs = parse::parse_str(file, text).map_err(|e| e.to_string())?;
     admission::validate_documents(&docs, policy).map_err(|e| e.to_string())?;
-    Ok(docs
+    let (mut objects, sessions): (Vec<Resource>, Vec<Resource>) = docs
         .into_iter()
         .map(|d| {
-            let mut s = d.session;
+            let mut r = d.resource;
             // A file is declarative: a resourceVersion in it would be a stale precondition
             // forever.
-            s.metadata.resource_version = None;
-            s
+            r.meta_mut().resource_version = None;
+            r
         })
-        .collect())
+        .partition(|r| matches!(r, Resource::WarmPool(_)));
+    objects.extend(sessions);
+    Ok(objects)
 }
 
 /// Decide what to do. `prefix` is `file:<dir>/`; `files` maps the source of each file looked
-/// at to its content; `stored` is every session in the store (only those whose source is a
-/// file directly in the directory matter). With [`Scope::Full`], files that declared
-/// sessions but are not in `files` are gone. No IO; the result is sorted by source.
+/// at to its content; `stored` is every stored session and pool (only those whose source is
+/// a file directly in the directory matter). With [`Scope::Full`], files that declared
+/// objects but are not in `files` are gone. No IO; the result is sorted by source.
 pub fn plan(
     prefix: &str,
     files: &BTreeMap<String, FileContent>,
-    stored: &[Session],
+    stored: &[Stored],
     scope: Scope,
     policy: &Policy,
 ) -> Vec<FilePlan> {
-    let mut declared: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut declared: BTreeMap<&str, Vec<ObjectRef>> = BTreeMap::new();
     for s in stored {
-        if let Some(src) = s.source()
+        if let Some(src) = s.source.as_deref()
             && in_dir(prefix, src).is_some()
         {
-            declared.entry(src).or_default().push(s.name().to_string());
+            declared.entry(src).or_default().push(s.object.clone());
         }
     }
     let mut sources: BTreeSet<&str> = files.keys().map(String::as_str).collect();
@@ -132,13 +155,11 @@ pub fn plan(
                     declared: before,
                 },
                 FileContent::Text(text) => match validate_file(file, text, policy) {
-                    Ok(sessions) => {
-                        let now: BTreeSet<&str> = sessions.iter().map(Session::name).collect();
-                        let delete = before
-                            .into_iter()
-                            .filter(|n| !now.contains(n.as_str()))
-                            .collect();
-                        FileAction::Apply { sessions, delete }
+                    Ok(objects) => {
+                        let now: BTreeSet<ObjectRef> =
+                            objects.iter().map(Resource::object_ref).collect();
+                        let delete = before.into_iter().filter(|n| !now.contains(n)).collect();
+                        FileAction::Apply { objects, delete }
                     }
                     Err(message) => FileAction::Invalid {
                         message,
@@ -157,7 +178,8 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::resource::SOURCE_ANNOTATION;
+    use crate::domain::pool::WarmPool;
+    use crate::domain::resource::{SOURCE_ANNOTATION, Session};
 
     const PREFIX: &str = "file:/specs/";
 
@@ -171,13 +193,35 @@ mod tests {
         )
     }
 
-    fn stored(name: &str, source: &str) -> Session {
+    fn stored(name: &str, source: &str) -> Stored {
         let mut s = Session::new(name, "mcp-server:latest");
         s.metadata
             .annotations
             .insert(SOURCE_ANNOTATION.into(), source.into());
         s.metadata.resource_version = Some("7".into());
-        s
+        Stored::of(&s)
+    }
+
+    fn stored_pool(name: &str, source: &str) -> Stored {
+        let mut p = WarmPool::new(name, "mcp-server:latest", 1);
+        p.metadata
+            .annotations
+            .insert(SOURCE_ANNOTATION.into(), source.into());
+        Stored::of(&p)
+    }
+
+    fn pool_yaml(name: &str, replicas: u32) -> String {
+        format!(
+            "apiVersion: orchestrator.mcp.dev/v1\nkind: WarmPool\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  template: {{image: mcp-server:latest}}\n"
+        )
+    }
+
+    fn sr(name: &str) -> ObjectRef {
+        ObjectRef::session(name)
+    }
+
+    fn pr(name: &str) -> ObjectRef {
+        ObjectRef::of::<WarmPool>(name)
     }
 
     fn files(entries: &[(&str, FileContent)]) -> BTreeMap<String, FileContent> {
@@ -191,8 +235,8 @@ mod tests {
         FileContent::Text(s)
     }
 
-    fn names(sessions: &[Session]) -> Vec<&str> {
-        sessions.iter().map(Session::name).collect()
+    fn names(objects: &[Resource]) -> Vec<&str> {
+        objects.iter().map(Resource::name).collect()
     }
 
     #[test]
@@ -204,10 +248,10 @@ mod tests {
         let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].source, "file:/specs/a.yaml");
-        let FileAction::Apply { sessions, delete } = &p[0].action else {
+        let FileAction::Apply { objects, delete } = &p[0].action else {
             panic!("{p:?}")
         };
-        assert_eq!(names(sessions), ["x", "y"]);
+        assert_eq!(names(objects), ["x", "y"]);
         assert!(delete.is_empty());
     }
 
@@ -219,12 +263,15 @@ mod tests {
             stored("y", "file:/specs/a.yaml"),
         ];
         let p = plan(PREFIX, &f, &s, Scope::Files, &policy());
-        let FileAction::Apply { sessions, delete } = &p[0].action else {
+        let FileAction::Apply { objects, delete } = &p[0].action else {
             panic!("{p:?}")
         };
-        assert_eq!(names(sessions), ["y"]);
-        assert_eq!(sessions[0].spec.env["A"], "1");
-        assert_eq!(delete, &["x".to_string()]);
+        assert_eq!(names(objects), ["y"]);
+        let Resource::Session(y) = &objects[0] else {
+            panic!("{objects:?}")
+        };
+        assert_eq!(y.spec.env["A"], "1");
+        assert_eq!(delete, &[sr("x")]);
     }
 
     #[test]
@@ -241,7 +288,7 @@ mod tests {
             [FilePlan {
                 source: "file:/specs/a.yaml".into(),
                 action: FileAction::Remove {
-                    delete: vec!["x".into()]
+                    delete: vec![sr("x")]
                 }
             }]
         );
@@ -264,7 +311,7 @@ mod tests {
         assert_eq!(
             p[0].action,
             FileAction::Remove {
-                delete: vec!["x".into()]
+                delete: vec![sr("x")]
             }
         );
         assert!(matches!(&p[1].action, FileAction::Apply { delete, .. } if delete.is_empty()));
@@ -293,7 +340,7 @@ mod tests {
             message.starts_with("/specs/a.yaml: document 1: spec.privileged:"),
             "{message}"
         );
-        assert_eq!(declared, &["old".to_string(), "x".to_string()]);
+        assert_eq!(declared, &[sr("old"), sr("x")]);
     }
 
     #[test]
@@ -325,7 +372,7 @@ mod tests {
             p[0].action,
             FileAction::Invalid {
                 message: "/specs/a.yaml: cannot read: permission denied".into(),
-                declared: vec!["x".into()]
+                declared: vec![sr("x")]
             }
         );
     }
@@ -351,8 +398,8 @@ mod tests {
         assert_eq!(
             p[0].action,
             FileAction::Apply {
-                sessions: vec![],
-                delete: vec!["x".into()]
+                objects: vec![],
+                delete: vec![sr("x")]
             }
         );
     }
@@ -364,10 +411,10 @@ mod tests {
             text(yaml("x", "").replace("{name: x}", "{name: x, resourceVersion: '3'}")),
         )]);
         let p = plan(PREFIX, &f, &[], Scope::Files, &policy());
-        let FileAction::Apply { sessions, .. } = &p[0].action else {
+        let FileAction::Apply { objects, .. } = &p[0].action else {
             panic!("{p:?}")
         };
-        assert_eq!(sessions[0].metadata.resource_version, None);
+        assert_eq!(objects[0].meta().resource_version, None);
     }
 
     #[test]
@@ -378,12 +425,79 @@ mod tests {
         assert_eq!(
             p[0].action,
             FileAction::Apply {
-                sessions: vec![],
-                delete: vec!["x".into()]
+                objects: vec![],
+                delete: vec![sr("x")]
             }
         );
         assert!(
-            matches!(&p[1].action, FileAction::Apply { sessions, .. } if names(sessions) == ["x"])
+            matches!(&p[1].action, FileAction::Apply { objects, .. } if names(objects) == ["x"])
+        );
+    }
+
+    #[test]
+    fn files_declare_pools_too_applied_first_and_deleted_with_the_file() {
+        let both = format!("{}---\n{}", yaml("x", "  pool: wp\n"), pool_yaml("wp", 2));
+        let f = files(&[("a.yaml", text(both))]);
+        let stored = [
+            stored("old", "file:/specs/a.yaml"),
+            stored_pool("gone", "file:/specs/a.yaml"),
+            stored_pool("wp", "file:/specs/a.yaml"),
+            stored_pool("x", "cli"),
+        ];
+        let plan_ = plan(PREFIX, &f, &stored, Scope::Files, &policy());
+        let FileAction::Apply { objects, delete } = &plan_[0].action else {
+            panic!("{plan_:?}")
+        };
+        assert_eq!(names(objects), ["wp", "x"], "the pool first");
+        assert_eq!(
+            objects.iter().map(Resource::kind).collect::<Vec<_>>(),
+            ["WarmPool", "Session"]
+        );
+        assert_eq!(delete, &[sr("old"), pr("gone")], "sessions before pools");
+        // A session and a pool of one name are two objects.
+        let f = files(&[(
+            "a.yaml",
+            text(format!("{}---\n{}", yaml("x", ""), pool_yaml("x", 1))),
+        )]);
+        let plan_ = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        assert!(
+            matches!(&plan_[0].action, FileAction::Apply { objects, .. } if objects.len() == 2)
+        );
+        // The file goes: both kinds go with it.
+        let f = files(&[("a.yaml", FileContent::Gone)]);
+        let plan_ = plan(PREFIX, &f, &stored, Scope::Files, &policy());
+        assert_eq!(
+            plan_[0].action,
+            FileAction::Remove {
+                delete: vec![sr("old"), pr("gone"), pr("wp")]
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_pool_names_its_template_field_and_keeps_what_the_file_declared() {
+        let bad = format!(
+            "{}---\n{}",
+            yaml("x", ""),
+            pool_yaml("wp", 2).replace("mcp-server:latest", "alpine")
+        );
+        let f = files(&[("a.yaml", text(bad))]);
+        let stored = [stored_pool("wp", "file:/specs/a.yaml")];
+        let plan_ = plan(PREFIX, &f, &stored, Scope::Files, &policy());
+        let FileAction::Invalid { message, declared } = &plan_[0].action else {
+            panic!("{plan_:?}")
+        };
+        assert!(
+            message.starts_with("/specs/a.yaml: document 1: spec.template.image:"),
+            "{message}"
+        );
+        assert_eq!(declared, &[pr("wp")]);
+        let over = pool_yaml("wp", crate::domain::limits::MAX_POOL_REPLICAS + 1);
+        let f = files(&[("a.yaml", text(over))]);
+        let plan_ = plan(PREFIX, &f, &[], Scope::Files, &policy());
+        assert!(
+            matches!(&plan_[0].action, FileAction::Invalid { message, .. } if message.contains("document 0: spec.replicas")),
+            "{plan_:?}"
         );
     }
 

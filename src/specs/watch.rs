@@ -15,13 +15,26 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::plan::{FileAction, FileContent, Scope, in_dir, plan, source_of};
+use super::plan::{FileAction, FileContent, Scope, Stored, in_dir, plan, source_of};
 use super::{DEBOUNCE, MAX_FILE_SIZE, REASON_CONFLICT, REASON_INVALID, SpecsError};
+use crate::domain::admission::Admit;
 use crate::domain::contract::Policy;
-use crate::domain::parse;
-use crate::domain::resource::Session;
+use crate::domain::parse::{self, Resource};
+use crate::domain::pool::{POOL_KIND, WarmPool};
+use crate::domain::resource::{ObjectRef, Session};
 use crate::ops::{self, Applied, OpsError};
 use crate::store::{SessionEvent, Store, StoreError};
+
+/// Log at `level` with the object as its kind's field (`session=NAME`, `warmpool=NAME`).
+macro_rules! log_object {
+    ($level:ident, $obj:expr, $($rest:tt)*) => {
+        if $obj.kind == POOL_KIND {
+            $level!(warmpool = %$obj.name, $($rest)*)
+        } else {
+            $level!(session = %$obj.name, $($rest)*)
+        }
+    };
+}
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -183,8 +196,8 @@ impl Syncer {
                 return Err(work.clone());
             }
         };
-        let stored = match self.store.list().await {
-            Ok(s) => s.items,
+        let stored = match self.stored().await {
+            Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "specs directory sync: cannot list the store; retrying");
                 return Err(work.clone());
@@ -195,27 +208,28 @@ impl Syncer {
         let mut outcomes: BTreeMap<String, Outcome> = BTreeMap::new();
         let mut deleted_any = false;
 
-        // Deletes first, so that a session moving from one file to another in one change
+        // Deletes first, so that an object moving from one file to another in one change
         // is not refused as a conflict.
         for p in &plans {
             let (FileAction::Apply { delete, .. } | FileAction::Remove { delete }) = &p.action
             else {
                 continue;
             };
-            for name in delete {
+            for obj in delete {
                 let out = outcomes.entry(p.source.clone()).or_default();
-                match ops::delete(&self.store, name, None, &p.source).await {
-                    Ok(_) => {
+                let file = file_of(&p.source);
+                match self.delete(obj, &p.source).await {
+                    Ok(()) => {
                         deleted_any = true;
-                        info!(file = %file_of(&p.source), session = %name, "session deleted: its specs file no longer declares it");
+                        log_object!(info, obj, file = %file, "{} deleted: its specs file no longer declares it", obj.noun());
                     }
                     Err(OpsError::Store(StoreError::NotFound(_))) => {}
                     Err(e) if transient(&e) => {
-                        warn!(file = %file_of(&p.source), session = %name, error = %e, "cannot delete the session; retrying");
+                        log_object!(warn, obj, file = %file, error = %e, "cannot delete the {}; retrying", obj.noun());
                         out.retry = true;
                     }
                     Err(e) => {
-                        warn!(file = %file_of(&p.source), session = %name, error = %e, "cannot delete the session");
+                        log_object!(warn, obj, file = %file, error = %e, "cannot delete the {}", obj.noun());
                         out.problems.push(e.to_string());
                         out.reason = Some(REASON_CONFLICT);
                     }
@@ -227,24 +241,30 @@ impl Syncer {
             let out = outcomes.entry(p.source.clone()).or_default();
             let file = file_of(&p.source);
             match &p.action {
-                FileAction::Apply { sessions, .. } => {
-                    for s in sessions {
-                        self.apply_one(&p.source, s, out).await;
+                FileAction::Apply { objects, .. } => {
+                    for obj in objects {
+                        match obj {
+                            Resource::Session(s) => {
+                                self.apply_one(&self.store, &p.source, s, out).await
+                            }
+                            Resource::WarmPool(wp) => {
+                                self.apply_one(&self.store.pools(), &p.source, wp, out)
+                                    .await
+                            }
+                        }
                     }
                 }
                 FileAction::Remove { .. } => {}
                 FileAction::Invalid { message, declared } => {
-                    warn!(file = %file, error = %message, "invalid specs file; nothing of it is applied and its sessions are left unchanged");
+                    warn!(file = %file, error = %message, "invalid specs file; nothing of it is applied and what it declared is left unchanged");
                     out.problems.push(message.clone());
                     out.reason = Some(REASON_INVALID);
-                    for name in declared {
+                    for obj in declared {
                         let event = warning(
                             REASON_INVALID,
-                            format!("{message} (the session is left unchanged)"),
+                            format!("{message} (the {} is left unchanged)", obj.noun()),
                         );
-                        if let Err(e) = self.store.record_event(name, &event).await {
-                            warn!(session = %name, error = %e, "cannot record an event");
-                        }
+                        self.record(obj, &event).await;
                     }
                 }
             }
@@ -310,43 +330,77 @@ impl Syncer {
         Ok(again)
     }
 
-    async fn apply_one(&self, source: &str, s: &Session, out: &mut Outcome) {
+    /// Every stored session and warm pool, as the plan sees them.
+    async fn stored(&self) -> Result<Vec<Stored>, StoreError> {
+        let sessions = self.store.list().await?;
+        let pools = self.store.pools().list().await?;
+        Ok(sessions
+            .items
+            .iter()
+            .map(Stored::of)
+            .chain(pools.items.iter().map(Stored::of))
+            .collect())
+    }
+
+    /// Delete one object on behalf of the file `source`.
+    async fn delete(&self, obj: &ObjectRef, source: &str) -> Result<(), OpsError> {
+        if obj.kind == POOL_KIND {
+            ops::delete::<WarmPool>(&self.store.pools(), &obj.name, None, source).await?;
+        } else {
+            ops::delete::<Session>(&self.store, &obj.name, None, source).await?;
+        }
+        Ok(())
+    }
+
+    /// Record an event on one object (logged when it cannot be).
+    async fn record(&self, obj: &ObjectRef, event: &SessionEvent) {
+        let recorded = if obj.kind == POOL_KIND {
+            self.store.pools().record_event(&obj.name, event).await
+        } else {
+            self.store.record_event(&obj.name, event).await
+        };
+        if let Err(e) = recorded {
+            log_object!(warn, obj, error = %e, "cannot record an event");
+        }
+    }
+
+    async fn apply_one<T: Admit>(
+        &self,
+        store: &Store<T>,
+        source: &str,
+        desired: &T,
+        out: &mut Outcome,
+    ) {
         let file = file_of(source);
-        match ops::apply(&self.store, &self.policy, s, source, false).await {
+        let obj = desired.object_ref();
+        match ops::apply(store, &self.policy, desired, source, false).await {
             Ok((Applied::Unchanged, _)) => {
-                debug!(file = %file, session = %s.name(), "session unchanged");
+                log_object!(debug, obj, file = %file, "{} unchanged", obj.noun());
             }
             Ok((what, _)) => {
-                info!(file = %file, session = %s.name(), "session {what} from the specs directory");
+                log_object!(info, obj, file = %file, "{} {what} from the specs directory", obj.noun());
                 let event = SessionEvent {
                     time: Utc::now(),
                     type_: "Normal".into(),
                     reason: Reason::SpecFileApplied.to_string(),
                     message: format!("{what} from {file}"),
                 };
-                if let Err(e) = self.store.record_event(s.name(), &event).await {
-                    warn!(session = %s.name(), error = %e, "cannot record an event");
-                }
+                self.record(&obj, &event).await;
             }
             Err(e @ OpsError::Owned { .. }) => {
                 let message = format!("{file}: {e}; the file's version is not applied");
-                warn!(file = %file, session = %s.name(), error = %e, "conflict: a specs file declares a session that another source owns; not applied");
-                if let Err(e) = self
-                    .store
-                    .record_event(s.name(), &warning(REASON_CONFLICT, message.clone()))
-                    .await
-                {
-                    warn!(session = %s.name(), error = %e, "cannot record an event");
-                }
+                log_object!(warn, obj, file = %file, error = %e, "conflict: a specs file declares {} that another source owns; not applied", obj);
+                self.record(&obj, &warning(REASON_CONFLICT, message.clone()))
+                    .await;
                 out.problems.push(message);
                 out.reason = Some(REASON_CONFLICT);
             }
             Err(e) if transient(&e) => {
-                warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session; retrying");
+                log_object!(warn, obj, file = %file, error = %e, "cannot apply the {}; retrying", obj.noun());
                 out.retry = true;
             }
             Err(e) => {
-                warn!(file = %file, session = %s.name(), error = %e, "cannot apply the session");
+                log_object!(warn, obj, file = %file, error = %e, "cannot apply the {}", obj.noun());
                 out.problems.push(format!("{file}: {e}"));
                 if out.reason.is_none() {
                     out.reason = Some(REASON_INVALID);

@@ -587,6 +587,32 @@ pub fn session_yaml(name: &str, image: &str, extra_spec: &str) -> String {
     )
 }
 
+/// A minimal warm pool manifest.
+pub fn pool_yaml(name: &str, image: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: orchestrator.mcp.dev/v1\nkind: WarmPool\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  template:\n    image: {image}\n"
+    )
+}
+
+impl Env {
+    /// Ids of every container of this instance labelled as a member of warm pool `pool`
+    /// (claimed members keep the label), via `docker ps -a`.
+    pub fn pool_containers(&self, pool: &str) -> Vec<String> {
+        self.docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/instance={}", self.instance),
+            "--filter",
+            &format!("label=orchestrator.mcp.dev/pool={pool}"),
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
 /// Wait for a spawned child to exit within `limit` (killed and failed otherwise) and
 /// collect its output.
 pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
