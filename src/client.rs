@@ -168,29 +168,45 @@ impl ApiClient {
         &self,
         selector: Option<&str>,
     ) -> Result<(Vec<T>, u64, Vec<crate::store::Unreadable>), ClientError> {
-        let path = match selector.filter(|s| !s.trim().is_empty()) {
-            Some(sel) => format!("/api/v1/{}?{}", T::PLURAL, query(&[("labelSelector", sel)])),
-            None => format!("/api/v1/{}", T::PLURAL),
-        };
-        let r = self.send(Method::GET, &path, None, None).await?;
-        let v: Value = Self::json(r).await?;
-        let rv = v["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let items = serde_json::from_value(v["items"].clone())
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let unreadable = v["metadata"]["unreadable"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|u| crate::store::Unreadable {
-                        name: u["name"].as_str().unwrap_or_default().to_string(),
-                        reason: u["reason"].as_str().unwrap_or_default().to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // In pages, as kubectl does (`--chunk-size` 500): a large list never travels in one
+        // response. The first page's revision is the list's.
+        let mut items: Vec<T> = Vec::new();
+        let mut unreadable = Vec::new();
+        let mut rv = None;
+        let mut next: Option<String> = None;
+        loop {
+            let limit = LIST_PAGE.to_string();
+            let mut q: Vec<(&str, &str)> = vec![("limit", &limit)];
+            if let Some(sel) = selector.filter(|s| !s.trim().is_empty()) {
+                q.push(("labelSelector", sel));
+            }
+            if let Some(c) = &next {
+                q.push(("continue", c));
+            }
+            let path = format!("/api/v1/{}?{}", T::PLURAL, query(&q));
+            let r = self.send(Method::GET, &path, None, None).await?;
+            let v: Value = Self::json(r).await?;
+            rv.get_or_insert(
+                v["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            );
+            let page: Vec<T> = serde_json::from_value(v["items"].clone())
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            items.extend(page);
+            if let Some(a) = v["metadata"]["unreadable"].as_array() {
+                unreadable.extend(a.iter().map(|u| crate::store::Unreadable {
+                    name: u["name"].as_str().unwrap_or_default().to_string(),
+                    reason: u["reason"].as_str().unwrap_or_default().to_string(),
+                }));
+            }
+            match v["metadata"]["continue"].as_str() {
+                Some(c) if !c.is_empty() => next = Some(c.to_string()),
+                _ => break,
+            }
+        }
+        let rv = rv.unwrap_or(0);
         Ok((items, rv, unreadable))
     }
 
@@ -377,6 +393,10 @@ impl ApiClient {
 
 /// The SSE events of a response body ([`crate::sse`]).
 type Events = BoxStream<'static, Result<sse::Event, sse::SseError<reqwest::Error>>>;
+
+/// Objects per page when the client lists (the server caps pages at
+/// [`crate::domain::limits::MAX_LIST_LIMIT`]).
+pub const LIST_PAGE: usize = 500;
 
 /// Most events one [`HttpWatch::next_batch`] returns.
 const MAX_WATCH_BATCH: usize = 1024;

@@ -87,6 +87,9 @@ pub const MAX_POOL_REPLICAS: u32 = 1_000;
 
 /// Most operations in one RFC 6902 JSON patch.
 pub const MAX_PATCH_OPS: usize = 1_000;
+/// Most objects one page of an API list (or of a watch's initial listing) holds
+/// (`?limit=`; larger values are capped).
+pub const MAX_LIST_LIMIT: usize = 5000;
 /// Most image allowlist patterns in a policy, and bytes of a published policy.
 pub const MAX_ALLOWED_IMAGES: usize = 256;
 /// Largest Server-Sent Event we read (Gemini's streamed answers, the API's watch and chat

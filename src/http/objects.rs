@@ -42,6 +42,57 @@ pub struct ReadQuery {
     pub label_selector: Option<String>,
     /// With `watch`: resume after this resourceVersion instead of listing first.
     pub resource_version: Option<String>,
+    /// At most this many objects per list response (or per page of a watch's initial
+    /// listing), in name order; more follow with `continue`. Capped at 5000.
+    pub limit: Option<usize>,
+    /// The `metadata.continue` token of the previous page.
+    #[serde(rename = "continue")]
+    pub continue_: Option<String>,
+}
+
+/// A position in a paged list: the revision of its first page and the last name served.
+#[derive(Debug, Clone, PartialEq)]
+struct Continue {
+    revision: u64,
+    after: String,
+}
+
+impl Continue {
+    fn token(&self) -> String {
+        format!("{}.{}", self.revision, self.after)
+    }
+
+    fn parse(token: &str) -> Result<Continue, ApiError> {
+        let bad = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "continue token {} is not one this server gave",
+                    crate::domain::limits::echo(token)
+                ),
+            )
+        };
+        let (rv, after) = token.split_once('.').ok_or_else(bad)?;
+        let revision = rv.parse().map_err(|_| bad())?;
+        if !crate::domain::admission::is_dns1123_label(after) {
+            return Err(bad());
+        }
+        Ok(Continue {
+            revision,
+            after: after.to_string(),
+        })
+    }
+}
+
+/// The page size asked for, if the request pages (`limit` or `continue`), capped.
+fn page_size(q: &ReadQuery) -> Option<usize> {
+    let max = crate::domain::limits::MAX_LIST_LIMIT;
+    match (q.limit, &q.continue_) {
+        (Some(n), _) => Some(n.clamp(1, max)),
+        (None, Some(_)) => Some(max),
+        (None, None) => None,
+    }
 }
 
 /// The store of kind `T`.
@@ -131,8 +182,44 @@ pub(super) async fn list<T: Admit>(
     q: ReadQuery,
 ) -> Result<Response, ApiError> {
     let sel = selector(&q)?;
+    let from = q.continue_.as_deref().map(Continue::parse).transpose()?;
     if q.watch.unwrap_or(false) {
-        return watch::<T>(st, None, sel, resume_from(&q, headers)?).await;
+        let paged = page_size(&q).map(|n| (n, from));
+        return watch::<T>(st, None, sel, resume_from(&q, headers)?, paged).await;
+    }
+    if let Some(limit) = page_size(&q) {
+        let page = store::<T>(&st)
+            .list_page(limit, from.as_ref().map(|c| c.after.as_str()))
+            .await?;
+        // Every page carries the first page's revision: watch from it after the last
+        // page to see every change made while paging.
+        let revision = from.map_or(page.revision, |c| c.revision);
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if let Some(after) = &page.next_after {
+            metadata["continue"] = json!(
+                Continue {
+                    revision,
+                    after: after.clone()
+                }
+                .token()
+            );
+            metadata["remainingItemCount"] = json!(page.remaining);
+        }
+        if !page.unreadable.is_empty() {
+            metadata["unreadable"] = json!(page.unreadable);
+        }
+        let items: Vec<T> = page
+            .items
+            .into_iter()
+            .filter(|s| sel.matches(&s.meta().labels))
+            .collect();
+        return Ok(Json(json!({
+            "apiVersion": API_VERSION,
+            "kind": format!("{}List", T::KIND),
+            "metadata": metadata,
+            "items": items,
+        }))
+        .into_response());
     }
     let snap = store::<T>(&st).list().await?;
     let items: Vec<T> = snap
@@ -163,7 +250,7 @@ pub(super) async fn read<T: Admit>(
 ) -> Result<Response, ApiError> {
     if q.watch.unwrap_or(false) {
         let sel = selector(&q)?;
-        return watch::<T>(st, Some(name), sel, resume_from(&q, headers)?).await;
+        return watch::<T>(st, Some(name), sel, resume_from(&q, headers)?, None).await;
     }
     let obj = get::<T>(&st, &name).await?;
     Ok(with_rv(Json(&obj).into_response(), &obj))
@@ -209,23 +296,37 @@ fn error_event(code: u16, message: &str) -> Event {
 /// as ADDED. Each watch holds a slot of the watch cap (and its own Redis connection) until
 /// the client goes away or the server shuts down; the task behind it is supervised: a panic
 /// ends the stream with an `ERROR` event and is counted
-/// (`mcpo_task_panics_total{task="http_watch"}`).
+/// (`mcpo_task_panics_total{task="http_watch"}`). With `paged` (page size, and where an
+/// earlier watch's listing stopped) the initial objects are read and sent a page at a time,
+/// and the changes follow from the first page's revision.
 async fn watch<T: Admit>(
     st: AppState,
     name: Option<String>,
     sel: Selector,
     from: Option<u64>,
+    paged: Option<(usize, Option<Continue>)>,
 ) -> Result<Response, ApiError> {
     let permit = st.inner.streams.acquire(StreamKind::Watch)?;
     let store = store::<T>(&st);
-    let (initial, mut watch) = match from {
-        Some(rv) => (Vec::new(), store.watch(rv).await?),
-        None => {
+    let mut pages: Option<(usize, Option<String>)> = None;
+    let (initial, mut watch) = match (from, paged) {
+        (Some(rv), _) => (Vec::new(), store.watch(rv).await?),
+        (None, Some((limit, start))) => {
+            let page = store
+                .list_page(limit, start.as_ref().map(|c| c.after.as_str()))
+                .await?;
+            let revision = start.as_ref().map_or(page.revision, |c| c.revision);
+            let watch = store.watch_from(revision, &page.identity).await?;
+            pages = page.next_after.clone().map(|a| (limit, Some(a)));
+            (page.items, watch)
+        }
+        (None, None) => {
             let snap = store.list().await?;
             let watch = store.watch_from(snap.revision, &snap.identity).await?;
             (snap.items, watch)
         }
     };
+    let page_store = store.clone();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
     let shutdown = st.inner.shutdown.clone();
     let wanted = move |n: &str, s: &T| {
@@ -234,20 +335,37 @@ async fn watch<T: Admit>(
     let metrics = st.inner.metrics.clone();
     let on_panic = tx.clone();
     let task = async move {
-        for s in &initial {
-            let rv = s
-                .meta()
-                .resource_version
-                .as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if wanted(&s.meta().name, s)
-                && tx
-                    .send(Ok(sse_event(EventType::Added, rv, s)))
-                    .await
-                    .is_err()
-            {
-                return;
+        let mut initial = initial;
+        loop {
+            for s in &initial {
+                let rv = s
+                    .meta()
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if wanted(&s.meta().name, s)
+                    && tx
+                        .send(Ok(sse_event(EventType::Added, rv, s)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            // The next page of the initial listing, if the watch pages it.
+            let Some((limit, Some(after))) = pages.take() else {
+                break;
+            };
+            match page_store.list_page(limit, Some(&after)).await {
+                Ok(page) => {
+                    pages = page.next_after.map(|a| (limit, Some(a)));
+                    initial = page.items;
+                }
+                Err(e) => {
+                    let _ = tx.send(Ok(error_event(503, &e.to_string()))).await;
+                    return;
+                }
             }
         }
         loop {
