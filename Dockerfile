@@ -28,7 +28,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > src/bin/mcp-server.rs \
- && mkdir -p benches && echo 'fn main() {}' > benches/orchestrator.rs \
+ && mkdir -p benches && echo 'fn main() {}' > benches/orchestrator.rs && echo 'fn main() {}' > benches/planner.rs \
  && : > src/lib.rs \
  && cargo build --release --locked --bins --target "$(rustc -vV | sed -n 's/^host: //p')" \
  && rm -rf src
