@@ -160,7 +160,8 @@ fn live(state: ContainerState) -> bool {
 async fn duplicates(runtime: &Runtime) -> Result<Vec<String>, ChaosError> {
     let mut by: HashMap<String, usize> = HashMap::new();
     for c in runtime.list(None, false).await? {
-        if live(c.state) {
+        // Unclaimed warm-pool members belong to no session.
+        if live(c.state) && !c.session.is_empty() {
             *by.entry(c.session).or_default() += 1;
         }
     }
@@ -205,7 +206,17 @@ async fn recovered(
     old: &str,
     at: DateTime<Utc>,
 ) -> Result<bool, ChaosError> {
-    let containers = runtime.list(Some(session), false).await?;
+    let Some(s) = backend.get(session).await? else {
+        return Ok(false);
+    };
+    let st = s.status.unwrap_or_default();
+    let mut containers = runtime.list(Some(session), false).await?;
+    // A claimed warm-pool member carries its pool's labels: the status names it.
+    if let Some(id) = &st.container_id
+        && !containers.iter().any(|c| &c.id == id)
+    {
+        containers.extend(runtime.observe(std::slice::from_ref(id)).await?);
+    }
     let running: Vec<_> = containers
         .iter()
         .filter(|c| c.state == ContainerState::Running)
@@ -214,10 +225,6 @@ async fn recovered(
         return Ok(false);
     }
     let c = running[0];
-    let Some(s) = backend.get(session).await? else {
-        return Ok(false);
-    };
-    let st = s.status.unwrap_or_default();
     if st.phase != Phase::Running || st.container_id.as_deref() != Some(c.id.as_str()) {
         return Ok(false);
     }
@@ -301,7 +308,8 @@ pub async fn run(
         sessions.iter().map(|s| (s.name(), s)).collect();
     let containers = runtime.list(None, false).await?;
     for c in &containers {
-        if !names.contains_key(c.session.as_str()) {
+        // Warm-pool members are their pool's (a claimed one is checked with its session).
+        if c.pool.is_none() && !names.contains_key(c.session.as_str()) {
             violations.push(format!(
                 "orphan container {} (session {:?}) after the quiet period",
                 crate::runtime::short_id(&c.id),
@@ -314,9 +322,14 @@ pub async fn run(
         .iter()
         .filter(|s| cfg.selector.matches(&s.metadata.labels))
     {
+        let claimed = s.status.as_ref().and_then(|st| st.container_id.as_deref());
         let running = containers
             .iter()
-            .filter(|c| c.session == s.name() && c.state == ContainerState::Running)
+            .filter(|c| {
+                let its =
+                    c.session == s.name() || (c.pool.is_some() && Some(c.id.as_str()) == claimed);
+                its && c.state == ContainerState::Running
+            })
             .count();
         if !s.is_ready() || running != 1 {
             violations.push(format!(
