@@ -202,7 +202,10 @@ impl ApiClient {
                 }));
             }
             match v["metadata"]["continue"].as_str() {
-                Some(c) if !c.is_empty() => next = Some(c.to_string()),
+                // A server that repeats a token would page forever: stop.
+                Some(c) if !c.is_empty() && next.as_deref() != Some(c) => {
+                    next = Some(c.to_string())
+                }
                 _ => break,
             }
         }

@@ -124,9 +124,7 @@ pub use crate::domain::pool::POOL_KEY;
 /// starts about 7 a second whatever we ask); the next pass follows at once.
 const POOL_CREATES_PER_PASS: usize = 4;
 
-/// The session name a pool member is reserved under while its pool removes it, so that no
-/// session can claim it meanwhile (not a DNS-1123 label: never a real session).
-const REMOVING: &str = "(pool-removal)";
+use crate::domain::pool::REMOVING;
 
 enum Trigger {
     /// Something happened to this session's containers (or a resync found drift).
@@ -218,13 +216,12 @@ impl Shared {
         self.claims.read().ok().and_then(|c| c.get(id).cloned())
     }
 
-    /// Forget the claim on a removed container, in the store and here.
+    /// Forget the claim on a removed container, in the store and here (always in the
+    /// store: idempotent, and right even when this replica's copy missed the claim).
     async fn release(&self, id: &str) -> Result<(), ControllerError> {
-        if self.claimed_by(id).is_some() {
-            self.store.release_claim(id).await?;
-            if let Ok(mut c) = self.claims.write() {
-                c.remove(id);
-            }
+        self.store.release_claim(id).await?;
+        if let Ok(mut c) = self.claims.write() {
+            c.remove(id);
         }
         Ok(())
     }
@@ -677,24 +674,31 @@ async fn resync(s: &Shared) -> Result<Resynced, String> {
     let pools = s.pools.read().map(|p| p.clone()).unwrap_or_default();
     let ready = s.ready.read().map(|r| r.clone()).unwrap_or_default();
     let planned_at = Instant::now();
-    let pass = resync::plan_all(
-        containers,
-        &resync::View {
-            sessions: &sessions,
-            unreadable: &unreadable,
-            crash: &crash,
-            store: &store,
-            held,
-            now: Utc::now(),
-            claims: &claims,
-            pools: &pools,
-            ready: &ready,
-        },
-        &s.config.settings,
-    );
+    let settings = s.config.settings.clone();
+    let count = sessions.len();
+    // Pure but not short at scale (BENCHMARKS.md): off the async workers.
+    let pass = tokio::task::spawn_blocking(move || {
+        resync::plan_all(
+            containers,
+            &resync::View {
+                sessions: &sessions,
+                unreadable: &unreadable,
+                crash: &crash,
+                store: &store,
+                held,
+                now: Utc::now(),
+                claims: &claims,
+                pools: &pools,
+                ready: &ready,
+            },
+            &settings,
+        )
+    })
+    .await
+    .map_err(|e| format!("the resync pass failed: {e}"))?;
     report_foreign(s, pass.foreign);
     debug!(
-        sessions = sessions.len(),
+        sessions = count,
         enqueued = pass.now.len(),
         timers = pass.timers.len(),
         took_ms = started.elapsed().as_millis() as u64,
@@ -818,8 +822,9 @@ async fn reconcile(s: &Shared, name: &str) -> Result<Option<Duration>, Controlle
                 .and_then(|r| r.get(p).cloned())
                 .unwrap_or_default();
             let claims = s.claims.read().map(|c| c.clone()).unwrap_or_default();
+            let suspect = s.suspect.lock().map(|x| x.clone()).unwrap_or_default();
             ids.into_iter()
-                .filter(|id| !claims.contains_key(id))
+                .filter(|id| !claims.contains_key(id) && !suspect.contains(id))
                 .collect()
         }
         None => Vec::new(),
@@ -1177,7 +1182,10 @@ async fn reconcile_pool(s: &Shared, name: &str) -> Result<Option<Duration>, Cont
             }
         }
     }
-    let claimed = claims.values().filter(|c| c.pool == name).count() as u32;
+    let claimed = claims
+        .values()
+        .filter(|c| c.pool == name && c.session != REMOVING)
+        .count() as u32;
     let p = plan_pool(
         &PoolInput {
             name,
@@ -1249,6 +1257,7 @@ async fn reconcile_pool(s: &Shared, name: &str) -> Result<Option<Duration>, Cont
     }
     if pool.is_none() {
         let _ = s.metrics.pool_ready.remove_label_values(&[name]);
+        let _ = s.metrics.pool_claims.remove_label_values(&[name]);
     }
     if let (Some(pool), Some(mut st)) = (pool, p.status) {
         st.ready = ready.len() as u32;
@@ -1311,6 +1320,13 @@ async fn watch_pools(
                     b = watch.next_batch(WATCH_BLOCK) => b?,
                 };
                 for ev in batch {
+                    if !ev.status_only
+                        && let Ok(mut r) = s.ready.write()
+                    {
+                        // Its members may be of another template now: none is offered
+                        // until the pool's next reconcile says which are.
+                        r.remove(&ev.name);
+                    }
                     if let Ok(mut c) = s.pools.write() {
                         match (&ev.kind, ev.object) {
                             (crate::store::EventType::Deleted, _) | (_, None) => {
@@ -1384,8 +1400,12 @@ async fn watch_store(
                     c.entry(name).or_insert(state);
                 }
             }
-            let claims = s.store.claims().await?;
+            let mut claims = s.store.claims().await?;
             if let Ok(mut c) = s.claims.write() {
+                // Claims this controller made while the list was read stay known.
+                for (id, claim) in c.drain() {
+                    claims.entry(id).or_insert(claim);
+                }
                 *c = claims;
             }
             let hold = s.store.orphan_hold().await?;
@@ -1547,7 +1567,7 @@ async fn watch_docker(
                         .expect
                         .lock()
                         .is_ok_and(|mut e| e.observe(&key, &ev.action, std::time::Instant::now()));
-                    debug!(%key, action = %ev.action, own, "docker event");
+                    debug!(session = %key, action = %ev.action, own, "docker event");
                     if !key.is_empty() && !own {
                         let _ = tx.send(Trigger::Key(key));
                     }

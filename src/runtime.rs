@@ -105,7 +105,7 @@ pub struct ContainerEvent {
 /// The operations [`Runtime`] counts, one label value each of `mcpo_docker_calls_total`.
 pub const DOCKER_OPS: &[&str] = &[
     "ping", "list", "inspect", "create", "start", "remove", "kill", "stop", "events", "logs",
-    "attach",
+    "attach", "rename",
 ];
 
 /// The Docker engine, scoped to one orchestrator instance.
@@ -397,8 +397,11 @@ impl Runtime {
                 let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
                 let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
                 let store = body.labels.as_ref().and_then(|l| l.get(LABEL_STORE));
+                // A warm-pool member (claimed ones take their session's name) is never
+                // removed here: only its pool or its session's claim may.
                 let ours = label(LABEL_INSTANCE) == Some(self.instance.as_str())
                     && label(LABEL_MANAGED_BY) == Some(MANAGED_BY)
+                    && label(crate::domain::contract::LABEL_POOL).is_none()
                     && store.is_some()
                     && label(LABEL_STORE) == store.map(String::as_str);
                 if !ours {

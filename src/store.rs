@@ -403,12 +403,21 @@ local max_entries = tonumber(ARGV[6])
 local max_bytes = tonumber(ARGV[9])
 while total > max_bytes or redis.call('XLEN', KEYS[4]) > max_entries do
   local first = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
-  if #first == 0 or first[1][1] == id then break end
+  if #first == 0 or first[1][1] == id then
+    -- Only the new entry is left: the count is exactly its size (heals any drift).
+    redis.call('SET', KEYS[11], added)
+    break
+  end
   local size = 0
   local fields = first[1][2]
   for i = 2, #fields, 2 do size = size + #fields[i] end
   redis.call('XDEL', KEYS[4], first[1][1])
   total = redis.call('DECRBY', KEYS[11], size)
+  if total < 0 then
+    -- Entries from before the count existed: start counting afresh.
+    redis.call('SET', KEYS[11], added)
+    total = added
+  end
 end
 return {'ok', tostring(rv)}
 "#
@@ -420,6 +429,10 @@ return {'ok', tostring(rv)}
 const CLAIM_LUA: &str = concat!(
     fence_check!(2, 1),
     r#"
+-- A retry of a claim that landed (its answer was lost) wins the same container again.
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[2] then return {'ok', ARGV[i]} end
+end
 for i = 3, #ARGV do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[2]) == 1 then return {'ok', ARGV[i]} end
 end

@@ -24,6 +24,10 @@ use crate::domain::resource::{API_VERSION, ObjectMeta, Resources, SessionSpec};
 /// The `kind` of a warm pool.
 pub const POOL_KIND: &str = "WarmPool";
 
+/// The session name a pool member is reserved under while its pool removes it, so that no
+/// session can claim it meanwhile (not a DNS-1123 label: never a real session).
+pub const REMOVING: &str = "(pool-removal)";
+
 /// Work-queue keys of warm pools: `warmpool/<name>` (session names have no `/`).
 pub const POOL_KEY: &str = "warmpool/";
 

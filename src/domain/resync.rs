@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::plan::{self, CrashState, Input, Observed, Ownership, Plan, PoolView, Settings};
-use crate::domain::pool::{Claim, POOL_KEY, PoolInput, WarmPool, plan_pool};
+use crate::domain::pool::{Claim, POOL_KEY, PoolInput, REMOVING, WarmPool, plan_pool};
 use crate::domain::resource::Session;
 
 /// The controller's memory a pass plans against (all borrowed; nothing is changed).
@@ -88,6 +88,17 @@ pub fn plan_all(containers: Vec<Observed>, view: &View<'_>, settings: &Settings)
     let mut foreign = Vec::new();
     let mut by_session: HashMap<String, Vec<Observed>> = HashMap::new();
     let mut by_pool: HashMap<String, Vec<Observed>> = HashMap::new();
+    // Claims whose container the list does not show: their session's reconcile inspects
+    // it and releases the claim if the container is gone for good.
+    let listed: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    let mut recheck: Vec<String> = view
+        .claims
+        .iter()
+        .filter(|(id, _)| !listed.contains(id.as_str()))
+        .map(|(_, c)| c.session.clone())
+        .collect();
+    recheck.sort();
+    recheck.dedup();
     for mut c in containers {
         match (view.claims.get(&c.id), &c.pool) {
             (Some(claim), _) => claim.apply(&mut c),
@@ -153,7 +164,11 @@ pub fn plan_all(containers: Vec<Observed>, view: &View<'_>, settings: &Settings)
                 name,
                 pool,
                 members: by_pool.get(name).unwrap_or(&empty),
-                claimed: view.claims.values().filter(|c| &c.pool == name).count() as u32,
+                claimed: view
+                    .claims
+                    .values()
+                    .filter(|c| &c.pool == name && c.session != REMOVING)
+                    .count() as u32,
                 store: view.store,
                 nonce: 0,
             },
@@ -161,6 +176,11 @@ pub fn plan_all(containers: Vec<Observed>, view: &View<'_>, settings: &Settings)
         );
         if !p.actions.is_empty() || pool.is_some_and(|x| x.status != p.status) {
             pass.now.push(format!("{POOL_KEY}{name}"));
+        }
+    }
+    for name in recheck {
+        if !pass.now.contains(&name) {
+            pass.now.push(name);
         }
     }
     pass
