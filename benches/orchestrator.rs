@@ -1602,15 +1602,22 @@ fn pool_session(cfg: &Config, name: &str) -> Session {
     s
 }
 
-/// Until the pool's status says `n` ready and none starting.
-async fn wait_pool_ready(store: &Store, name: &str, n: u32, limit: Duration) -> Res<Duration> {
+/// Until the pool's status says `n` ready, none starting and at least `claimed` claimed
+/// (so that a status from before the claims does not count).
+async fn wait_pool_ready(
+    store: &Store,
+    name: &str,
+    n: u32,
+    claimed: u32,
+    limit: Duration,
+) -> Res<Duration> {
     let pools = store.pools();
     let t0 = Instant::now();
     loop {
         let st = pools.get(name).await?.and_then(|p| p.status);
         if st
             .as_ref()
-            .is_some_and(|st| st.ready >= n && st.starting == 0)
+            .is_some_and(|st| st.ready >= n && st.starting == 0 && st.claimed >= claimed)
         {
             return Ok(t0.elapsed());
         }
@@ -1641,50 +1648,89 @@ fn interleave(counts: &[usize]) -> Vec<usize> {
     out
 }
 
-/// Where acquires' time went, from `serve`'s JSON log (controller debug lines, the same
-/// clock as the harness): per step, the durations over the acquires that logged it.
+/// Where operations' time went, from `serve`'s JSON log (controller debug lines, the same
+/// clock as the harness): per step, the durations over the operations that logged it.
 type Steps = Vec<(&'static str, Vec<Duration>)>;
 
-fn acquire_steps(log: &str, acquires: &[Acquire], mark: &str, labels: [&'static str; 4]) -> Steps {
-    // session → (message → first time), for the lines that matter.
-    let wanted = ["reconcile start", "observed", mark];
-    let mut seen: HashMap<String, HashMap<String, DateTime<Utc>>> = HashMap::new();
+/// One timed operation on a session, for [`log_steps`].
+struct Timed<'a> {
+    name: &'a str,
+    sent: DateTime<Utc>,
+    answered: DateTime<Utc>,
+}
+
+/// For each operation: sent, then the first log line of each of `marks` for its session
+/// (in order, each after the one before), then answered; the steps between them, labelled
+/// by `labels` (one more than `marks`). Operations missing a mark are left out.
+fn log_steps(log: &str, ops: &[Timed<'_>], marks: &[&str], labels: &[&'static str]) -> Steps {
+    let mut seen: HashMap<&str, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+    let names: std::collections::HashSet<&str> = ops.iter().map(|o| o.name).collect();
     for l in log.lines() {
-        if !wanted.iter().any(|w| l.contains(w)) {
+        if !marks.iter().any(|m| l.contains(m)) {
             continue;
         }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
             continue;
         };
-        let Some(msg) = v["message"].as_str().filter(|m| wanted.contains(m)) else {
+        let Some(msg) = v["message"].as_str().filter(|m| marks.contains(m)) else {
             continue;
         };
         let Some(session) = v["span"]["session"].as_str().or(v["session"].as_str()) else {
             continue;
         };
-        let Some(t) = log_time(&v) else { continue };
-        seen.entry(session.to_string())
-            .or_default()
-            .entry(msg.to_string())
-            .or_insert(t);
-    }
-    let mut out: Steps = labels.iter().map(|l| (*l, Vec::new())).collect();
-    let span = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).to_std().ok();
-    for a in acquires {
-        let Some(m) = seen.get(&a.name) else { continue };
-        let (Some(start), Some(observed), Some(marked)) =
-            (m.get(wanted[0]), m.get(wanted[1]), m.get(wanted[2]))
-        else {
+        let (Some(&name), Some(t)) = (names.get(session), log_time(&v)) else {
             continue;
         };
-        let points = [a.sent, *start, *observed, *marked, a.answered];
+        seen.entry(name).or_default().push((msg.to_string(), t));
+    }
+    let mut out: Steps = labels.iter().map(|l| (*l, Vec::new())).collect();
+    for op in ops {
+        let Some(lines) = seen.get(op.name) else {
+            continue;
+        };
+        let mut points = vec![op.sent];
+        for m in marks {
+            let after = points[points.len() - 1];
+            match lines.iter().find(|(msg, t)| msg == m && *t >= after) {
+                Some((_, t)) => points.push(*t),
+                None => break,
+            }
+        }
+        if points.len() != marks.len() + 1 {
+            continue;
+        }
+        points.push(op.answered);
         for (i, w) in points.windows(2).enumerate() {
-            if let Some(d) = span(w[0], w[1]) {
-                out[i].1.push(d);
+            if let (Ok(d), Some(step)) = ((w[1] - w[0]).to_std(), out.get_mut(i)) {
+                step.1.push(d);
             }
         }
     }
     out
+}
+
+/// A change to a session: its name, when it was sent, when its status said Running.
+type Change = (String, DateTime<Utc>, DateTime<Utc>);
+
+fn as_timed(v: &[Change]) -> Vec<Timed<'_>> {
+    v.iter()
+        .map(|(name, sent, answered)| Timed {
+            name,
+            sent: *sent,
+            answered: *answered,
+        })
+        .collect()
+}
+
+fn timed(acquires: &[Acquire]) -> Vec<Timed<'_>> {
+    acquires
+        .iter()
+        .map(|a| Timed {
+            name: &a.name,
+            sent: a.sent,
+            answered: a.answered,
+        })
+        .collect()
 }
 
 struct AcquireResults {
@@ -1728,6 +1774,7 @@ async fn acquire_latency(
             &store,
             WARM_POOL,
             cfg.pool_replicas,
+            0,
             Duration::from_secs(300),
         )
         .await?;
@@ -1760,22 +1807,22 @@ async fn acquire_latency(
         }
         let load1 = loadavg();
         let log = o.log_text();
-        let warm_steps = acquire_steps(
+        let warm_steps = log_steps(
             &log,
-            &warm,
-            "claimed a warm sandbox",
-            [
+            &timed(&warm),
+            &["reconcile start", "observed", "claimed a warm sandbox"],
+            &[
                 "PUT sent → reconcile start (admission, store write, change stream, queue)",
                 "reconcile start → the session's containers listed (Docker list + inspect)",
                 "listed → claimed (plan, claim script in Redis)",
                 "claimed → answer (Claimed event, status write, the wait's watch, HTTP)",
             ],
         );
-        let cold_steps = acquire_steps(
+        let cold_steps = log_steps(
             &log,
-            &cold,
-            "Session provisioned",
-            [
+            &timed(&cold),
+            &["reconcile start", "observed", "Session provisioned"],
+            &[
                 "PUT sent → reconcile start",
                 "reconcile start → the session's containers listed",
                 "listed → created and started (Docker create + start)",
@@ -1877,17 +1924,28 @@ async fn burst(
             refill: Vec::new(),
             load: (String::new(), String::new()),
         };
-        wait_pool_ready(&store, WARM_POOL, n as u32, Duration::from_secs(600)).await?;
+        wait_pool_ready(&store, WARM_POOL, n as u32, 0, Duration::from_secs(600)).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         out.load.0 = loadavg();
+        let mut claimed = 0;
         for rep in 0..cfg.burst_repeats {
             eprintln!("bench:   burst {}/{}: {n} warm", rep + 1, cfg.burst_repeats);
             let sessions = (0..n)
                 .map(|i| pool_session(cfg, &format!("bw{rep}x{i}")))
                 .collect();
-            out.warm.push(burst_once(&http, &base, sessions).await?);
+            let round = burst_once(&http, &base, sessions).await?;
+            claimed += round.warm as u32;
+            out.warm.push(round);
+            // Full again: every claim seen by the pool and replaced.
             out.refill.push(
-                wait_pool_ready(&store, WARM_POOL, n as u32, Duration::from_secs(600)).await?,
+                wait_pool_ready(
+                    &store,
+                    WARM_POOL,
+                    n as u32,
+                    claimed,
+                    Duration::from_secs(600),
+                )
+                .await?,
             );
             tokio::time::sleep(Duration::from_secs(2)).await;
             eprintln!("bench:   burst {}/{}: {n} cold", rep + 1, cfg.burst_repeats);
@@ -1914,7 +1972,7 @@ async fn wait_ready_at(
     generation: i64,
     revision: u64,
     limit: Duration,
-) -> Res<Instant> {
+) -> Res<(Instant, DateTime<Utc>)> {
     let mut watch = store.watch(revision).await?;
     let t0 = Instant::now();
     loop {
@@ -1925,7 +1983,7 @@ async fn wait_ready_at(
                     .as_ref()
                     .is_some_and(|s| s.generation() >= generation && s.is_ready())
             {
-                return Ok(Instant::now());
+                return Ok((Instant::now(), Utc::now()));
             }
         }
         if t0.elapsed() > limit {
@@ -1958,6 +2016,9 @@ struct ComposeResults {
     compose_up: Duration,
     orch_up: Duration,
     resyncs: Vec<Resync>,
+    /// Where the changes' time went (`apply -f`, store write), from `serve`'s log.
+    change_steps: Steps,
+    write_steps: Steps,
     load: (String, String),
 }
 
@@ -2039,8 +2100,13 @@ async fn versus_compose(
             compose_up,
             orch_up,
             resyncs: Vec::new(),
+            change_steps: Vec::new(),
+            write_steps: Vec::new(),
             load: (load0, String::new()),
         };
+        // (session, sent, answered) of each change, for the log's breakdown.
+        let mut changes: Vec<Change> = Vec::new();
+        let mut writes: Vec<Change> = Vec::new();
         for rep in 0..cfg.compose_repeats {
             eprintln!(
                 "bench:   compose comparison {}/{}",
@@ -2057,12 +2123,15 @@ async fn versus_compose(
                     let t0 = Instant::now();
                     let out = compose(&["up", "-d", "--no-build"])?;
                     r.compose_change.push(t0.elapsed());
-                    r.recreated.push(
+                    // "Recreating NAME ..." and later "Recreating NAME ... done".
+                    let names: std::collections::HashSet<String> =
                         String::from_utf8_lossy(&out.stderr)
                             .lines()
-                            .filter(|l| l.contains("Recreating"))
-                            .count(),
-                    );
+                            .filter_map(|l| l.split("Recreating ").nth(1))
+                            .filter_map(|rest| rest.split_whitespace().next())
+                            .map(str::to_string)
+                            .collect();
+                    r.recreated.push(names.len());
                 } else {
                     write_sessions(&session_revs)?;
                     let name = format!("s{idx}");
@@ -2085,11 +2154,12 @@ async fn versus_compose(
                             .await
                         }
                     });
-                    let t0 = Instant::now();
+                    let (t0, sent) = (Instant::now(), Utc::now());
                     apply(redis, &instance, &sfile)?;
                     r.orch_change_cli.push(t0.elapsed());
-                    let end = waiting.await.map_err(|e| e.to_string())??;
+                    let (end, answered) = waiting.await.map_err(|e| e.to_string())??;
                     r.orch_change.push(end - t0);
+                    changes.push((name, sent, answered));
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -2110,10 +2180,11 @@ async fn versus_compose(
                         .await
                 }
             });
-            let t0 = Instant::now();
+            let (t0, sent) = (Instant::now(), Utc::now());
             store.update(&s).await?;
-            let end = waiting.await.map_err(|e| e.to_string())??;
+            let (end, answered) = waiting.await.map_err(|e| e.to_string())??;
             r.orch_write.push(end - t0);
+            writes.push((name, sent, answered));
             write_sessions(&session_revs)?;
             tokio::time::sleep(Duration::from_secs(1)).await;
             // Nothing changed: each tool's pass over its unchanged file.
@@ -2133,7 +2204,38 @@ async fn versus_compose(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         r.load.1 = loadavg();
-        r.resyncs = resync_passes(&o.log_text());
+        let log = o.log_text();
+        r.resyncs = resync_passes(&log);
+        let marks = [
+            "reconcile start",
+            "observed",
+            "removed container",
+            "Session provisioned",
+        ];
+        r.change_steps = log_steps(
+            &log,
+            &as_timed(&changes),
+            &marks,
+            &[
+                "`apply -f` started → reconcile start (the CLI's start-up, parsing, admission, reads and write; the change stream; the queue)",
+                "reconcile start → the session's containers listed (Docker list + inspect)",
+                "listed → the old container removed (Docker remove, forced)",
+                "removed → the new one created and started (Docker create + start)",
+                "started → status Running seen on the change stream (event, status write)",
+            ],
+        );
+        r.write_steps = log_steps(
+            &log,
+            &as_timed(&writes),
+            &marks,
+            &[
+                "store write → reconcile start",
+                "reconcile start → containers listed",
+                "listed → old container removed",
+                "removed → new one created and started",
+                "started → status Running seen",
+            ],
+        );
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(r)
     }
     .await;
@@ -2318,7 +2420,7 @@ fn write_scale(r: &mut String, cfg: &Config, s: &ScaleResults, heading: bool) {
     if !refill.is_empty() {
         let _ = writeln!(
             r,
-            "After each warm burst the pool was full again ({} ready) {} ms later (median).\n",
+            "After each warm burst the pool was full again ({} ready, the claims replaced) {} ms after the burst's last answer (median).\n",
             b.size,
             ms(median(&mut refill).0)
         );
@@ -2467,6 +2569,20 @@ fn write_scale(r: &mut String, cfg: &Config, s: &ScaleResults, heading: bool) {
         ms(ow),
         ratio_of(ow, cc),
     );
+    let _ = writeln!(
+        r,
+        "Where a change's time goes, from `serve`'s log (p50 / p99 / max over the rounds):\n\n| step | `apply -f` of the changed file | | step | store write |\n|---|---|---|---|---|"
+    );
+    for (a, w) in c.change_steps.iter().zip(&c.write_steps) {
+        let (a50, a99, amax) = pcts(&a.1);
+        let (w50, w99, wmax) = pcts(&w.1);
+        let _ = writeln!(
+            r,
+            "| {} | {a50} / {a99} / {amax} ms | | {} | {w50} / {w99} / {wmax} ms |",
+            a.0, w.0
+        );
+    }
+    let _ = writeln!(r);
     let resync100: Vec<&Resync> = c.resyncs.iter().collect();
     let _ = writeln!(
         r,
