@@ -98,7 +98,7 @@ const SCALE_BEGIN: &str =
 const SCALE_END: &str = "<!-- end of scale results -->";
 const SCALE_HEADING: &str = "## Warm pools and the cost of many sessions";
 /// A new BENCHMARKS.md starts with this.
-const HEADER: &str = "# Benchmarks\n\nReproduce with `scripts/bench` (about 12 minutes here; it installs and starts Redis and the\nengine if needed, builds the sandbox image and runs `cargo bench --bench orchestrator`).\n";
+const HEADER: &str = "# Benchmarks\n\nReproduce with `scripts/bench` (about 25 minutes here; it installs and starts Redis and the\nengine if needed, builds the sandbox image and runs `cargo bench --bench orchestrator`).\n";
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
