@@ -691,7 +691,17 @@ fn sessions_yaml_with(
     prefix: &str,
     extra: impl Fn(usize) -> String,
 ) -> String {
-    (0..n)
+    sessions_yaml_range(cfg, 0..n, prefix, &extra)
+}
+
+/// The session documents numbered `range`.
+fn sessions_yaml_range(
+    cfg: &Config,
+    range: std::ops::Range<usize>,
+    prefix: &str,
+    extra: &dyn Fn(usize) -> String,
+) -> String {
+    range
         .map(|i| {
             format!(
                 "apiVersion: orchestrator.mcp.dev/v1\nkind: Session\nmetadata:\n  name: {prefix}{i}\nspec:\n  image: {}\n{}",
@@ -1342,18 +1352,24 @@ async fn idle_cost(
     };
     // Every other session expires, long after the run: a timer each, never an expiry.
     let ttl = cfg.idle_ttl;
-    let file = dir.join(format!("{instance}.yaml"));
-    std::fs::write(
-        &file,
-        sessions_yaml_with(cfg, n, "i", |i| {
-            if i % 2 == 0 {
-                format!("  ttlSeconds: {ttl}\n")
-            } else {
-                String::new()
-            }
-        }),
-    )?;
-    apply(redis, &instance, &file)?;
+    let extra = |i: usize| {
+        if i.is_multiple_of(2) {
+            format!("  ttlSeconds: {ttl}\n")
+        } else {
+            String::new()
+        }
+    };
+    // A file holds at most 1000 documents (limits::MAX_DOCUMENTS): a directory of files.
+    let files = dir.join(format!("{instance}.d"));
+    std::fs::create_dir_all(&files)?;
+    for (k, from) in (0..n).step_by(1000).enumerate() {
+        let range = from..(from + 1000).min(n);
+        std::fs::write(
+            files.join(format!("part{k}.yaml")),
+            sessions_yaml_range(cfg, range, "i", &extra),
+        )?;
+    }
+    apply(redis, &instance, &files)?;
     let stream_key = format!("{prefix}:stream");
     let objects_key = format!("{prefix}:objects");
     mem.stored = used_memory(&mut con).await?;
